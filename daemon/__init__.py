@@ -1,0 +1,3 @@
+"""lstmd: a streaming online-learning daemon (Kafka in, keyed stateful LSTM, predictions out)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,177 @@
+"""Event decoding and validation: bytes in, an `Event` or a `Rejection` out.
+
+Pure: imports neither kafka nor tensorflow. Every way an event can be bad has a `Reason`, and the
+reason travels to the dead-letter topic and to the rejected-events counter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+
+# Largest finite float32; a feature above it would become inf inside the model.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+class Reason(StrEnum):
+    """Why an event was dead-lettered."""
+
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    INVALID_JSON = "invalid_json"
+    NOT_OBJECT = "not_object"
+    MISSING_KEY = "missing_key"
+    BAD_TS = "bad_ts"
+    BAD_FEATURES = "bad_features"
+    BAD_TARGET = "bad_target"
+    NON_FINITE = "non_finite"
+    BAD_RESET = "bad_reset"
+    OUT_OF_ORDER = "out_of_order"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One valid input event."""
+
+    key: str
+    ts: float
+    features: np.ndarray  # float64 [n_features]
+    target: np.ndarray | None  # float64 [n_targets]; None → forecast mode
+    reset: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an input could not become an `Event`."""
+
+    reason: Reason
+    detail: str
+
+
+class _Reject(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _reject_constant(token: str) -> float:
+    # json accepts NaN/Infinity literals by default; they are never valid input.
+    raise _Reject(Reason.NON_FINITE, f"non-finite literal {token}")
+
+
+def parse_ts(value: object) -> float:
+    """Return event time as epoch seconds from a number or an RFC 3339 string.
+
+    Raises:
+        ValueError: the value is neither, or is not finite.
+    """
+    if isinstance(value, bool):
+        raise ValueError("ts must be a number or an RFC 3339 string, not a boolean")
+    if isinstance(value, int | float):
+        ts = float(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"ts {value[:40]!r} is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"ts {value[:40]!r} has no time zone offset")
+        ts = parsed.timestamp()
+    else:
+        raise ValueError(f"ts must be a number or an RFC 3339 string, not {type(value).__name__}")
+    if not math.isfinite(ts):
+        raise ValueError("ts is not finite")
+    return ts
+
+
+def _vector(value: object, size: int, field: str, shape_reason: Reason) -> np.ndarray:
+    if not isinstance(value, list):
+        raise _Reject(shape_reason, f"{field} must be a list of {size} numbers")
+    if len(value) != size:
+        raise _Reject(shape_reason, f"{field} has {len(value)} values, expected {size}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            raise _Reject(shape_reason, f"{field} holds a non-number {str(item)[:40]!r}")
+    array = np.array(value, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise _Reject(Reason.NON_FINITE, f"{field} holds a non-finite number")
+    if np.any(np.abs(array) > _FLOAT32_MAX):
+        raise _Reject(Reason.NON_FINITE, f"{field} holds a number that overflows float32")
+    return array
+
+
+def _key(payload: dict, message_key: bytes | None) -> str:
+    key = payload.get("key")
+    if key is not None and not isinstance(key, str):
+        raise _Reject(Reason.MISSING_KEY, f"key must be a string, not {type(key).__name__}")
+    if key:
+        return key
+    if message_key:
+        try:
+            return message_key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Reject(Reason.MISSING_KEY, "Kafka message key is not UTF-8") from None
+    raise _Reject(Reason.MISSING_KEY, "no key field and no Kafka message key")
+
+
+def _parse(value: bytes, message_key: bytes | None, n_features: int, n_targets: int) -> Event:
+    try:
+        payload = json.loads(value, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Reject(Reason.INVALID_JSON, str(exc)[:200]) from None
+    except RecursionError:
+        raise _Reject(Reason.INVALID_JSON, "JSON nested too deeply") from None
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__
+        raise _Reject(Reason.NOT_OBJECT, f"event must be a JSON object, not {kind}")
+    key = _key(payload, message_key)
+    if "ts" not in payload:
+        raise _Reject(Reason.BAD_TS, "no ts field")
+    try:
+        ts = parse_ts(payload["ts"])
+    except ValueError as exc:
+        raise _Reject(Reason.BAD_TS, str(exc)) from None
+    features = _vector(payload.get("features"), n_features, "features", Reason.BAD_FEATURES)
+    raw_target = payload.get("target")
+    target = None
+    if raw_target is not None:
+        target = _vector(raw_target, n_targets, "target", Reason.BAD_TARGET)
+    reset = payload.get("reset", False)
+    if not isinstance(reset, bool):
+        raise _Reject(Reason.BAD_RESET, "reset must be true or false")
+    return Event(key=key, ts=ts, features=features, target=target, reset=reset)
+
+
+def decode_event(
+    value: bytes | None,
+    message_key: bytes | None,
+    n_features: int,
+    n_targets: int,
+    max_bytes: int = 1_048_576,
+) -> Event | Rejection:
+    """Decode one Kafka message value into an `Event`, or say why it is not one.
+
+    Args:
+        value: the message value (UTF-8 JSON).
+        message_key: the Kafka message key, used when the event has no `key` field.
+        n_features: the exact length `features` must have.
+        n_targets: the exact length `target` must have when present.
+        max_bytes: values longer than this are rejected before parsing.
+
+    Returns:
+        The event, or a `Rejection` naming the reason. Never raises on bad input.
+    """
+    if not value:
+        return Rejection(Reason.EMPTY, "message has no value")
+    if len(value) > max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"{len(value)} bytes exceeds {max_bytes}")
+    try:
+        return _parse(value, message_key, n_features, n_targets)
+    except _Reject as exc:
+        return Rejection(exc.reason, exc.detail)

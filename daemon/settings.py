@@ -1,0 +1,196 @@
+"""Settings: the one place the environment and the TOML file are read.
+
+Read once at start-up by `load_settings()` and passed down frozen. Environment variables use the
+`LSTMD_` prefix and `__` for nesting (`LSTMD_MODEL__UNITS=64`); a TOML file named by
+`LSTMD_CONFIG` (or `--config`) supplies defaults that the environment overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV_VAR = "LSTMD_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message is one line that names it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Where events come from and where predictions go."""
+
+    bootstrap_servers: str = Field(
+        "", description="Comma-separated host:port list; empty starts the embedded broker."
+    )
+    input_topic: str = Field("lstmd-events", min_length=1)
+    predictions_topic: str = Field("lstmd-predictions", min_length=1)
+    dead_letter_topic: str = Field("lstmd-dead-letter", min_length=1)
+    metrics_topic: str = Field("lstmd-metrics", min_length=1)
+    group_id: str = Field("lstmd", min_length=1)
+    client_id: str = Field("lstmd", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Tansu and small clusters: a short session makes a group join take seconds, not 20+.
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    max_poll_records: int = Field(2000, ge=1)
+    poll_timeout_ms: int = Field(200, ge=0)
+    producer_linger_ms: int = Field(5, ge=0)
+    producer_batch_bytes: int = Field(262144, ge=1024)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    embedded_port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL security needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+
+class ModelSettings(_Section):
+    """Shape and optimisation of the LSTM."""
+
+    n_features: int = Field(1, ge=1)
+    n_targets: int = Field(1, ge=1)
+    target_index: tuple[int, ...] = Field(
+        (0,), description="Forecast mode: which features are the next event's target."
+    )
+    units: int = Field(32, ge=1)
+    layers: int = Field(1, ge=1, le=8)
+    batch_size: int = Field(32, ge=1, description="B: the number of state slots.")
+    window: int = Field(16, ge=1, description="T: timesteps per row of a batch.")
+    learning_rate: float = Field(3e-3, gt=0, le=10)
+    clipnorm: float = Field(1.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _targets_fit_features(self) -> ModelSettings:
+        if len(self.target_index) != self.n_targets:
+            raise ValueError("target_index must name exactly n_targets features")
+        if any(i < 0 or i >= self.n_features for i in self.target_index):
+            raise ValueError("target_index entries must lie in [0, n_features)")
+        return self
+
+
+class StreamSettings(_Section):
+    """Slots, batching and the state reset policy."""
+
+    max_batch_wait_ms: int = Field(
+        500, ge=0, description="Close a batch this long after its first event; 0 disables."
+    )
+    max_parked_keys: int = Field(100_000, ge=0)
+    reset_after_idle_s: float = Field(0.0, ge=0, description="Event-time gap; 0 disables.")
+    reset_every_steps: int = Field(0, ge=0, description="Global reset period; 0 disables.")
+    normalise: bool = True
+    max_event_bytes: int = Field(1_048_576, ge=64)
+
+
+class SnapshotSettings(_Section):
+    """Where snapshots go (issue 3 delivers them)."""
+
+    directory: Path = Path("snapshots")
+    every_steps: int = Field(500, ge=0)
+    every_s: float = Field(60.0, ge=0)
+    keep: int = Field(3, ge=1)
+
+
+class MetricsSettings(_Section):
+    """Prometheus endpoint and the metrics topic."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port.")
+    every_steps: int = Field(50, ge=1)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    """Every setting of the daemon, read once and frozen."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LSTMD_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    model: ModelSettings = ModelSettings()
+    stream: StreamSettings = StreamSettings()
+    snapshot: SnapshotSettings = SnapshotSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over explicit values (the TOML file arrives as init values).
+        return env_settings, init_settings
+
+    @property
+    def forecast_targets(self) -> int:
+        return self.model.n_targets
+
+
+def _first_error_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    name = ".".join(str(p) for p in first["loc"]) or "settings"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or "password" in name else f" (got {value!r})"
+    return f"invalid setting {name}: {first['msg']}{shown}"
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the TOML file (if any) and the environment into frozen settings.
+
+    Args:
+        config_file: path to a TOML file; defaults to `$LSTMD_CONFIG` when set.
+
+    Raises:
+        SettingsError: one line naming the first invalid setting.
+    """
+    path = config_file or os.environ.get(CONFIG_ENV_VAR)
+    file_values: dict[str, Any] = {}
+    if path:
+        try:
+            file_values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SettingsError(f"invalid setting config: file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"invalid setting config: {path} is not TOML: {exc}") from None
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise SettingsError(_first_error_line(exc)) from None
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """Return the settings as plain data with every secret masked."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,48 @@
+"""A tiny numpy recurrent model with the `StepModel` interface, for engine logic tests.
+
+It honours the mask exactly like the real one (masked steps keep the state) and records calls, so
+engine tests run in milliseconds without TensorFlow. It does not learn.
+"""
+
+import numpy as np
+
+
+class ToyModel:
+    def __init__(self, batch_size, n_features, n_targets=1, units=3, layers=1, seed=0):
+        rng = np.random.default_rng(seed)
+        self.wx = rng.normal(0, 0.5, (n_features, units))
+        self.wh = rng.normal(0, 0.5, (units, units))
+        self.wo = rng.normal(0, 0.5, (units, n_targets))
+        self.shape = (layers, 2, batch_size, units)
+        self.train_calls = []
+        self.infer_calls = 0
+
+    @property
+    def state_shape(self):
+        return self.shape
+
+    def _run(self, x, mask, states):
+        h = states[0, 0].astype(np.float64)
+        c = states[0, 1].astype(np.float64)
+        outputs = np.zeros(x.shape[:2] + (self.wo.shape[1],))
+        for t in range(x.shape[1]):
+            new_h = np.tanh(x[:, t] @ self.wx + h @ self.wh)
+            keep = mask[:, t][:, None]
+            h = np.where(keep, new_h, h)
+            c = np.where(keep, c + x[:, t].sum(axis=1, keepdims=True), c)
+            outputs[:, t] = h @ self.wo
+        new_states = states.copy()
+        new_states[0, 0] = h
+        new_states[0, 1] = c
+        return outputs.astype(np.float32), new_states.astype(np.float32)
+
+    def train_step(self, x, y, mask, states):
+        self.train_calls.append(mask.copy())
+        predictions, new_states = self._run(x, mask, states)
+        err = ((predictions - y) ** 2).mean(axis=-1)
+        loss = float((err * mask).sum() / max(mask.sum(), 1))
+        return loss, predictions, new_states
+
+    def infer(self, x, mask, states):
+        self.infer_calls += 1
+        return self._run(x, mask, states)
