@@ -54,7 +54,9 @@ class KafkaSettings(_Section):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
-    embedded_port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    embedded_port: int = Field(
+        9092, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
+    )
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:

@@ -12,9 +12,16 @@ F, T = 2, 3
 
 def _pending(value, trainable=True, starts=False, forecast=True, predicted=False):
     p = Pending(
-        partition=0, offset=int(value), ts=float(value), x=np.full(F, value, np.float32),
-        naive=None, location=np.zeros(1), spread=np.ones(1), forecast_mode=forecast,
-        starts_sequence=starts, received_at=0.0,
+        partition=0,
+        offset=int(value),
+        ts=float(value),
+        x=np.full(F, value, np.float32),
+        naive=None,
+        location=np.zeros(1),
+        spread=np.ones(1),
+        forecast_mode=forecast,
+        starts_sequence=starts,
+        received_at=0.0,
     )
     if trainable:
         p.y = np.array([value * 10], np.float32)
@@ -30,7 +37,11 @@ def _state(key, events):
 
 
 def test_rows_are_left_aligned_padded_and_masked():
-    rows = [_state("a", [_pending(1), _pending(2)]), None, _state("c", [_pending(5, trainable=False)])]
+    rows = [
+        _state("a", [_pending(1), _pending(2)]),
+        None,
+        _state("c", [_pending(5, trainable=False)]),
+    ]
     batch = build_train_batch(rows, T, F, 1)
     assert batch.x.shape == (3, T, F) and batch.y.shape == (3, T, 1) and batch.mask.shape == (3, T)
     np.testing.assert_array_equal(batch.mask, [[1, 1, 0], [0, 0, 0], [0, 0, 0]])
@@ -40,7 +51,10 @@ def test_rows_are_left_aligned_padded_and_masked():
 
 
 def test_row_takes_at_most_window_events_and_stops_at_untrainable():
-    rows = [_state("a", [_pending(i) for i in range(1, 6)]), _state("b", [_pending(1), _pending(2, trainable=False)])]
+    rows = [
+        _state("a", [_pending(i) for i in range(1, 6)]),
+        _state("b", [_pending(1), _pending(2, trainable=False)]),
+    ]
     batch = build_train_batch(rows, T, F, 1)
     assert [len(events) for _, events in batch.taken] == [T, 1]
 

@@ -13,8 +13,13 @@ from daemon.settings import ModelSettings, Settings, StreamSettings
 def _settings(batch_size=4, window=3, n_features=2, **stream):
     stream.setdefault("max_batch_wait_ms", 0)
     return Settings(
-        model=ModelSettings(n_features=n_features, n_targets=1, target_index=(0,),
-                            batch_size=batch_size, window=window),
+        model=ModelSettings(
+            n_features=n_features,
+            n_targets=1,
+            target_index=(0,),
+            batch_size=batch_size,
+            window=window,
+        ),
         stream=StreamSettings(**stream),
     )
 
@@ -25,8 +30,13 @@ def _learner(settings):
 
 
 def _event(key, ts, value, target=None, reset=False):
-    return Event(key, float(ts), np.array([value, ts % 7], float),
-                 None if target is None else np.array([target], float), reset)
+    return Event(
+        key,
+        float(ts),
+        np.array([value, ts % 7], float),
+        None if target is None else np.array([target], float),
+        reset,
+    )
 
 
 def _stream(keys, days, seed=0):
@@ -34,7 +44,8 @@ def _stream(keys, days, seed=0):
     scale = {key: 10.0 ** (i % 3) for i, key in enumerate(keys)}
     return [
         _event(key, day, scale[key] * (5 + np.sin(day) + rng.normal(0, 0.1)))
-        for day in range(days) for key in keys
+        for day in range(days)
+        for key in keys
     ]
 
 

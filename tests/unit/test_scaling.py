@@ -31,7 +31,9 @@ def test_keys_differing_100x_in_scale_normalise_alike():
 def test_normalise_round_trips_and_clips():
     location, spread = np.array([5.0]), np.array([2.0])
     value = np.array([8.0])
-    np.testing.assert_allclose(denormalise(normalise(value, location, spread), location, spread), value)
+    np.testing.assert_allclose(
+        denormalise(normalise(value, location, spread), location, spread), value
+    )
     assert normalise(np.array([1e9]), location, spread)[0] == CLIP_SIGMAS
 
 

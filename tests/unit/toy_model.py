@@ -24,7 +24,7 @@ class ToyModel:
     def _run(self, x, mask, states):
         h = states[0, 0].astype(np.float64)
         c = states[0, 1].astype(np.float64)
-        outputs = np.zeros(x.shape[:2] + (self.wo.shape[1],))
+        outputs = np.zeros((*x.shape[:2], self.wo.shape[1]))
         for t in range(x.shape[1]):
             new_h = np.tanh(x[:, t] @ self.wx + h @ self.wh)
             keep = mask[:, t][:, None]

@@ -1,0 +1,159 @@
+"""Command line: `lstmd run | demo | produce | check-config`.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or settings error (one line naming it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from daemon import __version__
+from daemon.logs import configure_logging
+from daemon.settings import Settings, SettingsError, load_settings, masked_dump
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("lstmd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstmd",
+        description="Streaming online-learning daemon: Kafka events in, keyed stateful LSTM "
+        "training, one prediction per event out.",
+        epilog="Settings come from LSTMD_* environment variables (LSTMD_MODEL__UNITS=64) and an "
+        "optional TOML file (--config or LSTMD_CONFIG); `lstmd check-config` shows them.",
+    )
+    parser.add_argument("--version", action="version", version=f"lstmd {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file (default: $LSTMD_CONFIG)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", choices=["json", "text"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "run",
+        help="run the daemon (embedded broker when no bootstrap servers are set)",
+        description="Consume the input topic, train, publish predictions, until SIGTERM/SIGINT.",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="replay a real data set through the daemon on an embedded broker",
+        description="Start an embedded broker, replay mosaicData Birthdays (51 US states, daily "
+        "births 1969-1988) into the input topic, run the daemon on it and print a summary.",
+    )
+    demo.add_argument("--events", type=_positive, help="replay only the first N events")
+    demo.add_argument(
+        "--bad-events",
+        type=_non_negative,
+        default=12,
+        help="deliberately malformed events mixed in, to show the dead-letter topic (default 12)",
+    )
+    demo.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
+
+    produce = commands.add_parser(
+        "produce",
+        help="replay a CSV file into the input topic as events, in time order",
+        description="Replay a CSV file into the input topic. Without bootstrap servers it "
+        "sends to the embedded broker of a running `lstmd run` (127.0.0.1:embedded_port).",
+    )
+    produce.add_argument("--csv", type=Path, required=True, help="the CSV file (with a header)")
+    produce.add_argument("--key", required=True, help="column holding the stream key")
+    produce.add_argument("--ts", required=True, help="column holding the event time")
+    produce.add_argument(
+        "--features", required=True, type=_columns, help="comma-separated feature columns"
+    )
+    produce.add_argument(
+        "--target", type=_columns, default=(), help="comma-separated target columns (supervised)"
+    )
+    produce.add_argument("--topic", help="topic to send to (default: kafka.input_topic)")
+
+    commands.add_parser("check-config", help="print the effective settings, secrets masked")
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    columns = tuple(c.strip() for c in text.split(",") if c.strip())
+    if not columns:
+        raise argparse.ArgumentTypeError("name at least one column")
+    return columns
+
+
+def _produce(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.kafka_io import client_options, ensure_topics, produce_values
+    from daemon.progress import Progress
+    from daemon.replay import csv_messages
+
+    try:
+        messages = csv_messages(args.csv, args.key, args.ts, args.features, args.target)
+    except (ValueError, OSError) as exc:
+        print(f"lstmd produce: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    kafka = settings.kafka
+    bootstrap = kafka.bootstrap_servers or f"127.0.0.1:{kafka.embedded_port}"
+    options = client_options(kafka, bootstrap)
+    topic = args.topic or kafka.input_topic
+    ensure_topics(options, [topic])
+    progress = Progress(len(messages), f"produce {args.csv.name}")
+    count = produce_values(options, topic, messages, on_progress=progress.update)
+    progress.close()
+    print(f"sent {count:,} events to {topic} at {bootstrap}")
+    return EXIT_OK
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        print(json.dumps(masked_dump(settings), indent=2))
+        return EXIT_OK
+    if args.command == "run":
+        from daemon.app import run_daemon
+
+        return run_daemon(settings)
+    if args.command == "demo":
+        from daemon.demo import run_demo
+
+        return run_demo(settings, args.events, args.bad_events, args.summary_json)
+    return _produce(settings, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `lstmd` command; return its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"lstmd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    fmt = args.log_format or settings.log.format
+    if args.command == "demo" and not args.log_format:
+        fmt = "text"  # the demo is watched by a person
+    configure_logging(args.log_level or settings.log.level, fmt)
+    try:
+        return _dispatch(settings, args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        log.exception("lstmd failed")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

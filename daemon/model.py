@@ -1,0 +1,260 @@
+"""The LSTM: a Keras stack driven with explicit, host-owned states.
+
+Keras 3 has no `Model.reset_states()` and a stateful layer's `reset_state()` zeroes every row, so
+the daemon keeps the recurrent states itself as one float32 array of shape
+`[layers, 2, B, units]` (index 0 = h, 1 = c). Each step feeds them in as `initial_state` and reads
+them back with `return_state=True`; per-row resets and key swaps are plain row edits on the host.
+This is the only module of the package that imports TensorFlow or Keras.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from daemon.settings import ModelSettings
+
+H, C = 0, 1  # Index of h and c on axis 1 of the states array.
+
+# Unrolling the time loop makes a small step ~1.5x faster on CPU (no while-loop overhead), but
+# the graph and the trace time grow with T, so long windows keep the loop.
+UNROLL_MAX_STEPS = 64
+
+
+def _seeded(seed: int, offset: int) -> dict[str, keras.initializers.Initializer]:
+    """Return the LSTM initializers with their own seeds, so init is deterministic per layer."""
+    return {
+        "kernel_initializer": keras.initializers.GlorotUniform(seed=seed + 2 * offset),
+        "recurrent_initializer": keras.initializers.Orthogonal(seed=seed + 2 * offset + 1),
+    }
+
+
+def build_keras_model(settings: ModelSettings) -> keras.Model:
+    """Build the functional model: `[x, mask, h_1, c_1, ...] -> [preds, h_1, c_1, ...]`.
+
+    Batch and time are left open so the same weights serve the train window and the longer
+    inference window; the compiled steps pin the shapes.
+
+    Args:
+        settings: the model section of the settings.
+    """
+    x = keras.Input(shape=(None, settings.n_features), name="x")
+    mask = keras.Input(shape=(None,), dtype="bool", name="mask")
+    initial: list[keras.KerasTensor] = []
+    final: list[keras.KerasTensor] = []
+    seq = x
+    for i in range(settings.layers):
+        h0 = keras.Input(shape=(settings.units,), name=f"h{i}")
+        c0 = keras.Input(shape=(settings.units,), name=f"c{i}")
+        lstm = keras.layers.LSTM(
+            settings.units,
+            return_sequences=True,
+            return_state=True,
+            name=f"lstm{i}",
+            **_seeded(settings.seed, i),
+        )
+        # The explicit mask makes padded timesteps carry the state through unchanged.
+        seq, h, c = lstm(seq, mask=mask, initial_state=[h0, c0])
+        initial += [h0, c0]
+        final += [h, c]
+    head = keras.layers.Dense(
+        settings.n_targets,
+        kernel_initializer=keras.initializers.GlorotUniform(
+            seed=settings.seed + 2 * settings.layers
+        ),
+        name="head",
+    )
+    return keras.Model(inputs=[x, mask, *initial], outputs=[head(seq), *final], name="lstmd")
+
+
+@contextmanager
+def _unrolled(model: keras.Model, steps: int) -> Iterator[None]:
+    """Unroll the model's LSTM layers while tracing a step of `steps` timesteps.
+
+    The functional model keeps `unroll=False` because its time axis is open (an exported model
+    must accept any length); the compiled steps have a fixed length and may unroll.
+    """
+    lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    for layer in lstms:
+        layer.unroll = steps <= UNROLL_MAX_STEPS
+    try:
+        yield
+    finally:
+        for layer in lstms:
+            layer.unroll = False
+
+
+def masked_mse(y: tf.Tensor, preds: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Return the MSE over real timesteps and all targets, averaged over real timesteps.
+
+    Args:
+        y: targets [B, T, n_targets].
+        preds: predictions [B, T, n_targets].
+        mask: [B, T] bool, True on real timesteps.
+
+    Returns:
+        A scalar; zero when no timestep is real.
+    """
+    weights = tf.cast(mask, preds.dtype)
+    per_step = tf.reduce_mean(tf.square(preds - y), axis=-1)
+    return tf.reduce_sum(per_step * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+
+
+class _CompiledStep:
+    """A traced step that takes numpy arrays and checks their shapes against its signature."""
+
+    def __init__(self, fn: tf.types.experimental.ConcreteFunction) -> None:
+        self._fn = fn
+        self._specs = fn.structured_input_signature[0]
+
+    def __call__(self, *arrays: np.ndarray) -> tuple[tf.Tensor, ...]:
+        """Run the step on `arrays` converted to the signature's dtypes.
+
+        Raises:
+            ValueError: an array's shape differs from the signature's; a concrete function would
+                fail deep inside the graph instead.
+        """
+        tensors = []
+        for array, spec in zip(arrays, self._specs, strict=True):
+            value = np.asarray(array, spec.dtype.as_numpy_dtype)
+            if value.shape != tuple(spec.shape):
+                raise ValueError(
+                    f"{spec.name} must have shape {tuple(spec.shape)}, got {value.shape}"
+                )
+            tensors.append(tf.constant(value))
+        return self._fn(*tensors)
+
+
+class StatefulLSTM:
+    """Drive a Keras LSTM stack with explicit states through one compiled train and infer step each.
+
+    Attributes:
+        keras_model: the functional model shared by both steps and used for export.
+        optimizer: Adam, built before the first step so the train step traces once.
+        train_traces: how many times the train step was traced (should stay 1).
+        infer_traces: how many times the inference step was traced (should stay 1).
+    """
+
+    def __init__(self, settings: ModelSettings) -> None:
+        """Build the model, the optimizer and both compiled steps.
+
+        Args:
+            settings: the model section of the settings.
+        """
+        self.settings = settings
+        self.train_traces = 0
+        self.infer_traces = 0
+        self.keras_model = build_keras_model(settings)
+        self.optimizer = keras.optimizers.Adam(
+            learning_rate=settings.learning_rate, clipnorm=settings.clipnorm
+        )
+        # Building now keeps variable creation out of the traced step.
+        self.optimizer.build(self.keras_model.trainable_variables)
+        t = settings.window
+        self._train = self._compile(
+            self._train_body, t, (settings.batch_size, t, settings.n_targets)
+        )
+        self._infer = self._compile(self._infer_body, t + 1, None)
+
+    def _compile(self, body, steps: int, y_shape: tuple[int, ...] | None) -> _CompiledStep:
+        """Wrap `body` in a tf.function with a fixed signature and trace it now."""
+        b = self.settings.batch_size
+        spec = [tf.TensorSpec((b, steps, self.settings.n_features), tf.float32, name="x")]
+        if y_shape is not None:
+            spec.append(tf.TensorSpec(y_shape, tf.float32, name="y"))
+        spec += [
+            tf.TensorSpec((b, steps), tf.bool, name="mask"),
+            tf.TensorSpec(self.state_shape, tf.float32, name="states"),
+        ]
+        fn = tf.function(body, input_signature=spec, jit_compile=False, reduce_retracing=False)
+        with _unrolled(self.keras_model, steps):
+            # Calling the concrete function skips tf.function's argument binding on the hot path.
+            return _CompiledStep(fn.get_concrete_function())
+
+    @property
+    def state_shape(self) -> tuple[int, int, int, int]:
+        """Return the host states' shape: (layers, 2, B, units)."""
+        s = self.settings
+        return (s.layers, 2, s.batch_size, s.units)
+
+    def zero_states(self) -> np.ndarray:
+        """Return float32 zeros of `state_shape`."""
+        return np.zeros(self.state_shape, np.float32)
+
+    def _forward(self, x, mask, states, training: bool):
+        """Run the model from `states`; return predictions and the new states stacked."""
+        flat = [states[i, j] for i in range(self.settings.layers) for j in (H, C)]
+        preds, *final = self.keras_model([x, mask, *flat], training=training)
+        new = tf.stack([tf.stack(final[i : i + 2]) for i in range(0, len(final), 2)])
+        return preds, new
+
+    def _train_body(self, x, y, mask, states):
+        self.train_traces += 1  # Python side effect: runs only while tracing.
+        variables = self.keras_model.trainable_variables
+        with tf.GradientTape() as tape:
+            preds, new = self._forward(x, mask, states, training=True)
+            loss = masked_mse(y, preds, mask)
+        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss, preds, new
+
+    def _infer_body(self, x, mask, states):
+        self.infer_traces += 1  # Python side effect: runs only while tracing.
+        return self._forward(x, mask, states, training=False)
+
+    def train_step(self, x, y, mask, states) -> tuple[float, np.ndarray, np.ndarray]:
+        """Run one test-then-train step from `states`.
+
+        Args:
+            x: inputs [B, T, F].
+            y: targets [B, T, n_targets].
+            mask: [B, T] bool, True on real timesteps (rows left-aligned).
+            states: [layers, 2, B, units] states at the start of the batch; not modified.
+
+        Returns:
+            The loss, the predictions [B, T, n_targets] of the forward pass before the weight
+            update, and the new states.
+
+        Raises:
+            ValueError: an argument's shape differs from the settings'.
+        """
+        loss, preds, new = self._train(x, y, mask, states)
+        return float(loss), preds.numpy(), new.numpy()
+
+    def infer(self, x, mask, states) -> tuple[np.ndarray, np.ndarray]:
+        """Run a forward pass only; weights and the caller's states stay unchanged.
+
+        Args:
+            x: inputs [B, window + 1, F].
+            mask: [B, window + 1] bool, True on real timesteps.
+            states: [layers, 2, B, units] states at the start of the window.
+
+        Returns:
+            Predictions [B, window + 1, n_targets] and the new states.
+
+        Raises:
+            ValueError: an argument's shape differs from the settings'.
+        """
+        preds, new = self._infer(x, mask, states)
+        return preds.numpy(), new.numpy()
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Return copies of the model weights."""
+        return self.keras_model.get_weights()
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        """Load weights shaped as `get_weights()` returns them."""
+        self.keras_model.set_weights(weights)
+
+    def export(self, path: str | os.PathLike[str]) -> None:
+        """Save the functional model in the `.keras` format; it loads without custom objects.
+
+        Args:
+            path: the file to write; must end in `.keras`.
+        """
+        self.keras_model.save(Path(path))

@@ -1,0 +1,208 @@
+"""kafka_io and the embedded broker against a real Tansu process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from contextlib import closing
+from typing import Any
+
+import pytest
+
+from daemon.embedded import EmbeddedBroker
+from daemon.kafka_io import (
+    EventSource,
+    Publisher,
+    RawMessage,
+    client_options,
+    ensure_topics,
+    produce_values,
+    read_all,
+)
+from daemon.settings import KafkaSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+POLL_MS = 200
+# A group join against Tansu takes ~3 s; leave room for a slow CI machine.
+CONSUME_TIMEOUT_S = 20.0
+
+
+def _settings(topic: str, group: str | None = None) -> KafkaSettings:
+    return KafkaSettings(input_topic=topic, group_id=group or f"g-{uuid.uuid4().hex[:8]}")
+
+
+def _consume(source: EventSource, count: int) -> list[RawMessage]:
+    got: list[RawMessage] = []
+    deadline = time.monotonic() + CONSUME_TIMEOUT_S
+    while len(got) < count and time.monotonic() < deadline:
+        got.extend(source.poll(POLL_MS))
+    return got
+
+
+def _publish(options: dict[str, Any], topic: str, pairs: list[tuple[bytes, bytes]]) -> None:
+    publisher = Publisher(options, KafkaSettings())
+    try:
+        for key, value in pairs:
+            publisher.send(topic, key, value, [("h", b"1")])
+        assert publisher.flush(10) == 0
+        assert publisher.delivered == len(pairs)
+    finally:
+        publisher.close(5)
+
+
+def test_broker_start_stop_and_a_second_broker(broker: EmbeddedBroker) -> None:
+    second = EmbeddedBroker()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = second.bootstrap
+    with second:
+        assert second.bootstrap != broker.bootstrap
+        options = client_options(KafkaSettings(), second.bootstrap)
+        ensure_topics(options, ["only-on-second"])
+        _publish(options, "only-on-second", [(b"k", b"v")])
+        assert [m.value for m in read_all(options, "only-on-second", idle_s=1)] == [b"v"]
+        port = second.port
+    second.stop()  # Idempotent.
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", port))  # The port is free again.
+
+
+def test_taken_port_is_refused(broker: EmbeddedBroker) -> None:
+    with pytest.raises(RuntimeError, match="already in use"):
+        EmbeddedBroker(port=broker.port).start(timeout_s=5)
+
+
+def test_ensure_topics_is_idempotent(kafka_options: dict[str, Any], topic_factory) -> None:
+    topic = topic_factory(partitions=3)
+    ensure_topics(kafka_options, [topic, topic], partitions=1)
+    assert read_all(kafka_options, topic, idle_s=0.5) == []
+
+
+def test_group_round_trip_commit_and_resume(kafka_options: dict[str, Any], topic_factory) -> None:
+    topic = topic_factory()
+    _publish(kafka_options, topic, [(b"k%d" % i, b"v%d" % i) for i in range(10)])
+    settings = _settings(topic)
+    assigned: list[set[tuple[str, int]]] = []
+
+    first = EventSource(kafka_options, settings, on_assign=assigned.append)
+    try:
+        got = _consume(first, 10)
+        assert [m.offset for m in got] == list(range(10))
+        assert [m.value for m in got] == [b"v%d" % i for i in range(10)]
+        assert got[0].key == b"k0" and got[0].headers == (("h", b"1"),)
+        assert assigned == [{(topic, 0)}] and first.assignment() == {(topic, 0)}
+        assert first.lag() == {(topic, 0): 0}
+        first.commit({(topic, 0): 4})
+    finally:
+        first.close()
+
+    second = EventSource(kafka_options, settings)
+    try:
+        resumed = _consume(second, 6)
+        assert [m.offset for m in resumed] == [4, 5, 6, 7, 8, 9]
+        assert all(lag >= 0 for lag in second.lag().values())
+    finally:
+        second.close()
+
+
+def test_lag_is_never_negative_and_counts_unread(
+    kafka_options: dict[str, Any], topic_factory
+) -> None:
+    topic = topic_factory()
+    source = EventSource(kafka_options, _settings(topic))
+    try:
+        deadline = time.monotonic() + CONSUME_TIMEOUT_S
+        while not source.assignment() and time.monotonic() < deadline:
+            assert source.poll(POLL_MS) == []
+        assert source.lag() == {(topic, 0): 0}
+        # One record per request: Tansu's end offset is exact only at batch boundaries.
+        for i in range(3):
+            _publish(kafka_options, topic, [(b"k", b"%d" % i)])
+        assert source.lag() == {(topic, 0): 3}
+        assert len(_consume(source, 3)) == 3
+        assert source.lag() == {(topic, 0): 0}
+    finally:
+        source.close()
+
+
+def test_dead_letter_carries_original_bytes_and_headers(
+    kafka_options: dict[str, Any], topic_factory
+) -> None:
+    topic = topic_factory("dlq")
+    bad = RawMessage("events", 2, 41, b"key-1", b"\xff\x00not json", 1_700_000_000_123, ())
+    empty = RawMessage("events", 0, 7, None, None, 5, ())
+    detail = "é" * 600  # 1200 bytes of UTF-8: cut to 1000 on a character boundary.
+    publisher = Publisher(kafka_options, KafkaSettings())
+    publisher.send_dead_letter(topic, bad, "decode", detail)
+    publisher.send_dead_letter(topic, empty, "empty", "no value")
+    assert publisher.flush(10) == 0
+    publisher.close(5)
+
+    first, second = read_all(kafka_options, topic, idle_s=1)
+    assert (first.key, first.value) == (b"key-1", b"\xff\x00not json")
+    assert list(first.headers) == [
+        ("lstmd-reason", b"decode"),
+        ("lstmd-detail", ("é" * 500).encode("utf-8")),
+        ("lstmd-source-topic", b"events"),
+        ("lstmd-source-partition", b"2"),
+        ("lstmd-source-offset", b"41"),
+        ("lstmd-source-timestamp-ms", b"1700000000123"),
+    ]
+    assert (second.key, second.value) == (None, b"")
+    assert dict(second.headers)["lstmd-detail"] == b"no value"
+
+
+def test_produce_values_and_read_all(kafka_options: dict[str, Any], topic_factory) -> None:
+    topic = topic_factory(partitions=3)
+    progress: list[int] = []
+    items = ((b"k%d" % (i % 7), b"%d" % i) for i in range(2500))
+    assert produce_values(kafka_options, topic, items, on_progress=progress.append) == 2500
+    assert progress == [1000, 2000]
+
+    started = time.monotonic()
+    records = read_all(kafka_options, topic, idle_s=5)
+    assert time.monotonic() - started < 5  # Stopped at the end, not by going idle.
+    assert len(records) == 2500
+    for partition in range(3):
+        offsets = [r.offset for r in records if r.partition == partition]
+        assert offsets == list(range(len(offsets)))
+    assert sorted(int(r.value) for r in records) == list(range(2500))
+
+
+def test_kcat_reads_what_publisher_wrote(kcat, kafka_options: dict[str, Any], broker) -> None:
+    options = kafka_options
+    kcat_bootstrap = broker.bootstrap
+    ensure_topics(options, ["for-kcat"])
+    raw = RawMessage("events", 0, 3, b"key-9", b'{"x": 1}', 1234, ())
+    publisher = Publisher(options, KafkaSettings())
+    publisher.send("for-kcat", b"plain-key", b"plain-value", [("a", b"b")])
+    publisher.send_dead_letter("for-kcat", raw, "schema", "missing field y")
+    assert publisher.flush(10) == 0
+    publisher.close(5)
+
+    out = kcat("-b", kcat_bootstrap, "-C", "-t", "for-kcat", "-e", "-q", "-J")
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert [(r["key"], r["payload"]) for r in rows] == [
+        ("plain-key", "plain-value"),
+        ("key-9", '{"x": 1}'),
+    ]
+    assert rows[0]["headers"] == ["a", "b"]
+    assert rows[1]["headers"] == [
+        "lstmd-reason", "schema",
+        "lstmd-detail", "missing field y",
+        "lstmd-source-topic", "events",
+        "lstmd-source-partition", "0",
+        "lstmd-source-offset", "3",
+        "lstmd-source-timestamp-ms", "1234",
+    ]  # fmt: skip
+
+
+def test_a_broker_that_dies_reports_its_log(tmp_path, monkeypatch) -> None:
+    fake = tmp_path / "tansu"
+    fake.write_text("#!/bin/sh\necho 'boom: no storage' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CALF_TANSU_BIN", str(fake))
+    with pytest.raises(RuntimeError, match=r"exited with code 3(.|\n)*boom: no storage"):
+        EmbeddedBroker().start(timeout_s=5)
