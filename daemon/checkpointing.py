@@ -1,0 +1,111 @@
+"""Checkpointing: save and restore the model, the optimizer and the learner as one snapshot.
+
+The model is injected (anything with `save_weights`, `load_weights`, `optimizer_state` and
+`set_optimizer_state`), so this module imports no TensorFlow; the files go through
+`SnapshotStore`, which makes the write atomic and verifies it on the way back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from daemon.engine import OnlineLearner
+from daemon.learner_state import export_learner, import_learner
+from daemon.settings import ModelSettings
+from daemon.snapshots import SnapshotInfo, SnapshotStore
+
+log = logging.getLogger("lstmd.checkpointing")
+
+WEIGHTS = "model.weights.h5"  # the Keras weights format
+OPTIMIZER = "optimizer.npz"
+LEARNER_ARRAYS = "learner.npz"
+LEARNER_META = "learner.json"
+
+
+class CheckpointModel(Protocol):
+    def save_weights(self, path: Path) -> None: ...
+    def load_weights(self, path: Path) -> None: ...
+    def optimizer_state(self) -> dict[str, np.ndarray]: ...
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of an `.npz` file, refusing pickled objects."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+class Checkpointer:
+    """Write and read whole-daemon snapshots: weights, optimizer, learner state, offsets."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        learner: OnlineLearner,
+        model: CheckpointModel,
+        model_settings: ModelSettings,
+    ) -> None:
+        self.store = store
+        self._learner = learner
+        self._model = model
+        self._shape = model_settings.shape()
+
+    def save(self, offsets: dict[int, int]) -> SnapshotInfo:
+        """Write one snapshot of the current state, reflecting `offsets` (partition → next)."""
+        arrays, meta = export_learner(self._learner)
+        optimizer = self._model.optimizer_state()
+        names = sorted(optimizer)
+        meta["optimizer_variables"] = names
+        writers = {
+            WEIGHTS: self._model.save_weights,
+            OPTIMIZER: lambda p: _save_npz(p, {f"v{i}": optimizer[n] for i, n in enumerate(names)}),
+            LEARNER_ARRAYS: lambda p: _save_npz(p, arrays),
+            LEARNER_META: lambda p: p.write_text(json.dumps(meta), encoding="utf-8"),
+        }
+        return self.store.write(self._learner.step, offsets, self._shape, writers)
+
+    def restore(self) -> tuple[SnapshotInfo | None, list[tuple[str, str]]]:
+        """Load the newest valid snapshot into the model and the learner.
+
+        Returns:
+            (the snapshot loaded or None, [(id, problem)] of newer damaged snapshots skipped).
+
+        Raises:
+            ShapeMismatch: the newest valid snapshot has other model-shape settings.
+        """
+        info, skipped = self.store.newest_valid(self._shape)
+        if info is None:
+            return None, skipped
+        meta = json.loads((info.path / LEARNER_META).read_text(encoding="utf-8"))
+        saved = load_npz(info.path / OPTIMIZER)
+        names: list[str] = meta.pop("optimizer_variables")
+        self._model.load_weights(info.path / WEIGHTS)
+        self._model.set_optimizer_state({n: saved[f"v{i}"] for i, n in enumerate(names)})
+        import_learner(self._learner, load_npz(info.path / LEARNER_ARRAYS), meta, time.monotonic())
+        return info, skipped
+
+
+def describe(info: SnapshotInfo) -> dict[str, Any]:
+    """Return a snapshot's listing row: id, step, time, offsets, size, validity."""
+    return {
+        "id": info.snapshot_id,
+        "step": info.step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.created))
+        if info.created
+        else None,
+        "offsets": info.offsets,
+        "bytes": info.size_bytes,
+        "valid": info.valid,
+        "problem": info.problem or None,
+    }

@@ -1,0 +1,194 @@
+"""The learner's state as plain arrays and JSON, and back: the snapshot's bookkeeping. Pure.
+
+Everything that decides future training is saved exactly: the slot table (which key holds which
+slot, recency order, free slots, parked order), every key's LSTM rows, normalisation statistics
+and last values, every buffered event, the step and reset epoch. Restoring it into a fresh learner
+gives bit-identical training from the same events on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from daemon.engine import OnlineLearner
+from daemon.scaling import RunningStats
+from daemon.slots import KeyState, Pending
+
+Arrays = dict[str, np.ndarray]
+
+
+def _ordered_keys(learner: OnlineLearner) -> list[KeyState]:
+    table = learner.table
+    bound = [table.rows[table.slot_of[key]] for key in table.recency_order()]
+    return bound + list(table.parked.values())
+
+
+def _optional(values: list[np.ndarray | None], size: int, dtype: type) -> tuple[np.ndarray, ...]:
+    present = np.array([v is not None for v in values], dtype=bool)
+    filled = np.zeros((len(values), size), dtype=dtype)
+    for i, value in enumerate(values):
+        if value is not None:
+            filled[i] = value
+    return filled, present
+
+
+def export_learner(learner: OnlineLearner) -> tuple[Arrays, dict[str, Any]]:
+    """Return (arrays for keys.npz/buffer.npz, JSON-able metadata) describing the learner."""
+    table = learner.table
+    states = _ordered_keys(learner)
+    n_targets = table.n_targets
+    rows = np.zeros((len(states), *table.states.shape[:2], table.states.shape[3]), np.float32)
+    slots = np.full(len(states), -1, np.int64)
+    for i, state in enumerate(states):
+        slot = table.slot_of.get(state.key)
+        if slot is None:
+            rows[i] = state.parked_state
+        else:
+            slots[i] = slot
+            rows[i] = table.states[:, :, slot, :]
+    last_target, has_last_target = _optional([s.last_target for s in states], n_targets, np.float64)
+    arrays: Arrays = {
+        "key_slot": slots,
+        "key_rows": rows,
+        "key_reset_epoch": np.array([s.reset_epoch for s in states], np.int64),
+        "key_last_ts": np.array([np.nan if s.last_ts is None else s.last_ts for s in states]),
+        "key_last_target": last_target,
+        "key_has_last_target": has_last_target,
+        "free_slots": np.array(table.free_slots(), np.int64),
+    }
+    for prefix, getter in (
+        ("fstat", lambda s: s.feature_stats),
+        ("tstat", lambda s: s.target_stats),
+    ):
+        stats = [getter(s) for s in states]
+        width = table.n_features if prefix == "fstat" else n_targets
+        arrays[f"{prefix}_count"] = np.array([st.count for st in stats], np.int64)
+        arrays[f"{prefix}_mean"] = np.array([st.mean for st in stats]).reshape(-1, width)
+        arrays[f"{prefix}_m2"] = np.array([st.m2 for st in stats]).reshape(-1, width)
+    arrays.update(_export_buffers(states, table.n_features, n_targets))
+    meta = {
+        "keys": [s.key for s in states],
+        "step": learner.step,
+        "last_loss": learner.last_loss,
+        "resets": dict(learner.resets),
+        "untrained": learner.untrained,
+        "epoch": table.epoch,
+        "evictions": table.evictions,
+        "parked_dropped": table.parked_dropped,
+        "prequential": [
+            learner.prequential.model_abs,
+            learner.prequential.naive_abs,
+            learner.prequential.count,
+        ],
+    }
+    return arrays, meta
+
+
+def _export_buffers(states: list[KeyState], n_features: int, n_targets: int) -> Arrays:
+    pending = [(i, p) for i, s in enumerate(states) for p in s.buffer]
+    items = [p for _, p in pending]
+    y, has_y = _optional([p.y for p in items], n_targets, np.float32)
+    target, has_target = _optional([p.target for p in items], n_targets, np.float64)
+    naive, has_naive = _optional([p.naive for p in items], n_targets, np.float64)
+    prediction, has_prediction = _optional([p.prediction for p in items], n_targets, np.float64)
+    return {
+        "buf_key": np.array([i for i, _ in pending], np.int64),
+        "buf_partition": np.array([p.partition for p in items], np.int64),
+        "buf_offset": np.array([p.offset for p in items], np.int64),
+        "buf_ts": np.array([p.ts for p in items], np.float64),
+        "buf_x": np.array([p.x for p in items], np.float32).reshape(-1, n_features),
+        "buf_location": np.array([p.location for p in items], np.float64).reshape(-1, n_targets),
+        "buf_spread": np.array([p.spread for p in items], np.float64).reshape(-1, n_targets),
+        "buf_forecast_mode": np.array([p.forecast_mode for p in items], bool),
+        "buf_starts_sequence": np.array([p.starts_sequence for p in items], bool),
+        "buf_y": y,
+        "buf_has_y": has_y,
+        "buf_target": target,
+        "buf_has_target": has_target,
+        "buf_naive": naive,
+        "buf_has_naive": has_naive,
+        "buf_prediction": prediction,
+        "buf_has_prediction": has_prediction,
+    }
+
+
+def import_learner(
+    learner: OnlineLearner, arrays: Arrays, meta: dict[str, Any], now: float
+) -> None:
+    """Load what `export_learner` produced into a fresh learner of the same shape."""
+    table = learner.table
+    keys: list[str] = meta["keys"]
+    states = [
+        _key_state(arrays, i, key, table.n_features, table.n_targets) for i, key in enumerate(keys)
+    ]
+    _import_buffers(arrays, states, now)
+    table.restore(
+        bound=[
+            (int(arrays["key_slot"][i]), s)
+            for i, s in enumerate(states)
+            if arrays["key_slot"][i] >= 0
+        ],
+        parked=[s for i, s in enumerate(states) if arrays["key_slot"][i] < 0],
+        rows=arrays["key_rows"],
+        slots=arrays["key_slot"],
+        free=[int(v) for v in arrays["free_slots"]],
+        epoch=int(meta["epoch"]),
+        evictions=int(meta["evictions"]),
+        parked_dropped=int(meta["parked_dropped"]),
+    )
+    learner.step = int(meta["step"])
+    learner.last_loss = float(meta["last_loss"])
+    learner.resets = Counter(meta["resets"])
+    learner.untrained = int(meta["untrained"])
+    model_abs, naive_abs, count = meta["prequential"]
+    learner.prequential.model_abs = float(model_abs)
+    learner.prequential.naive_abs = float(naive_abs)
+    learner.prequential.count = int(count)
+    learner.after_restore()
+
+
+def _key_state(arrays: Arrays, i: int, key: str, n_features: int, n_targets: int) -> KeyState:
+    feature_stats = RunningStats.from_arrays(
+        arrays["fstat_count"][i], arrays["fstat_mean"][i], arrays["fstat_m2"][i]
+    )
+    target_stats = RunningStats.from_arrays(
+        arrays["tstat_count"][i], arrays["tstat_mean"][i], arrays["tstat_m2"][i]
+    )
+    last_ts = float(arrays["key_last_ts"][i])
+    return KeyState(
+        key=key,
+        feature_stats=feature_stats,
+        target_stats=target_stats,
+        last_ts=None if np.isnan(last_ts) else last_ts,
+        last_target=arrays["key_last_target"][i].copy()
+        if arrays["key_has_last_target"][i]
+        else None,
+        reset_epoch=int(arrays["key_reset_epoch"][i]),
+    )
+
+
+def _import_buffers(arrays: Arrays, states: list[KeyState], now: float) -> None:
+    def optional(name: str, j: int) -> np.ndarray | None:
+        return arrays[f"buf_{name}"][j].copy() if arrays[f"buf_has_{name}"][j] else None
+
+    for j, key_index in enumerate(arrays["buf_key"]):
+        states[int(key_index)].buffer.append(
+            Pending(
+                partition=int(arrays["buf_partition"][j]),
+                offset=int(arrays["buf_offset"][j]),
+                ts=float(arrays["buf_ts"][j]),
+                x=arrays["buf_x"][j].copy(),
+                naive=optional("naive", j),
+                location=arrays["buf_location"][j].copy(),
+                spread=arrays["buf_spread"][j].copy(),
+                forecast_mode=bool(arrays["buf_forecast_mode"][j]),
+                starts_sequence=bool(arrays["buf_starts_sequence"][j]),
+                received_at=now,
+                y=optional("y", j),
+                target=optional("target", j),
+                prediction=optional("prediction", j),
+            )
+        )
