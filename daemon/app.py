@@ -6,22 +6,27 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.checkpointing import Checkpointer
 from daemon.embedded import EmbeddedBroker
 from daemon.endpoints import EndpointServer
 from daemon.engine import OnlineLearner
+from daemon.health import Health
 from daemon.kafka_io import EventSource, Publisher, client_options, ensure_topics
 from daemon.metrics import DaemonMetrics
 from daemon.runner import Runner
 from daemon.settings import Settings
+from daemon.snapshots import ShapeMismatch, SnapshotStore
 
 log = logging.getLogger("lstmd.app")
 
-# A loop that has not turned for this long is reported unhealthy on /healthz.
-HEALTH_STALL_S = 60.0
+
+class StartupError(Exception):
+    """The daemon cannot start as configured; the message is one line that says why."""
 
 
 def topics(settings: Settings) -> list[str]:
@@ -72,30 +77,77 @@ class Daemon:
             self.endpoints.close()
 
 
+def restore_state(
+    settings: Settings, checkpointer: Checkpointer, metrics: DaemonMetrics
+) -> dict[int, int]:
+    """Load the newest valid snapshot; return the offsets it reflects ({} when none).
+
+    Raises:
+        StartupError: snapshots exist but none is valid (and `snapshot.start_fresh` is off), or
+            the newest valid one was made with other model-shape settings.
+    """
+    directory = settings.snapshot.directory
+    try:
+        info, skipped = checkpointer.restore()
+    except ShapeMismatch as exc:
+        raise StartupError(f"{exc}; move {directory} away or restore the settings") from None
+    if info is None:
+        if skipped and not settings.snapshot.start_fresh:
+            newest_id, problem = skipped[0]
+            raise StartupError(
+                f"no valid snapshot in {directory}: {len(skipped)} damaged, newest {newest_id}: "
+                f"{problem}; set snapshot.start_fresh=true to start from zero"
+            )
+        log.info("no snapshot; starting from zero state", extra={"directory": str(directory)})
+        return {}
+    if skipped:
+        metrics.snapshot_fallbacks.inc()
+        log.warning(
+            "fell back to an older snapshot",
+            extra={"snapshot": info.snapshot_id, "skipped": [sid for sid, _ in skipped]},
+        )
+    log.info(
+        "snapshot restored",
+        extra={"snapshot": info.snapshot_id, "step": info.step, "offsets": info.offsets},
+    )
+    return dict(info.offsets)
+
+
 def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> Daemon:
-    """Create topics, the model, the learner, the Kafka clients and the runner."""
+    """Create topics, restore the newest snapshot, and build the Kafka clients and the runner."""
     configure_tensorflow()
     from daemon.model import StatefulLSTM  # TensorFlow loads only when a daemon is built
 
-    ensure_topics(options, topics(settings))
     model = StatefulLSTM(settings.model)
     learner = OnlineLearner(settings, model)
+    snapshot = settings.snapshot
+    store = SnapshotStore(snapshot.directory, snapshot.keep, snapshot.pause_before_rename_s)
+    checkpointer = Checkpointer(store, learner, model, settings.model)
     metrics = DaemonMetrics()
-    holder: dict[str, Runner] = {}
+    metrics.set_model_info(settings.model)
+    health = Health(settings.health.stall_s, time.monotonic())
+    restored = restore_state(settings, checkpointer, metrics)
+    health.set_restored(True)
+    ensure_topics(options, topics(settings))
+    holder: dict[str, Any] = {}
 
     def on_assign(partitions: set) -> None:
         log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
+        for topic, partition in partitions:
+            if partition in restored:
+                holder["source"].seek((topic, partition), restored[partition])
 
     def on_revoke(partitions: set) -> None:
         if not partitions:
             return  # the first join revokes nothing
         log.info("partitions revoked", extra={"partitions": sorted(p for _, p in partitions)})
         if "runner" in holder:
-            holder["runner"].commit()
+            holder["runner"].snapshot("revoke")
 
     source = EventSource(options, settings.kafka, on_assign=on_assign, on_revoke=on_revoke)
+    holder["source"] = source
     publisher = Publisher(options, settings.kafka)
-    runner = Runner(settings, source, publisher, learner, metrics)
+    runner = Runner(settings, source, publisher, learner, metrics, checkpointer, health, restored)
     holder["runner"] = runner
     endpoints = None
     if serve_http:
@@ -103,15 +155,15 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
             settings.metrics.host,
             settings.metrics.port,
             metrics.registry,
-            health=lambda: runner.health(HEALTH_STALL_S),
-            ready=lambda: (runner.ready, "no partitions assigned"),
+            health=lambda: health.liveness(time.monotonic()),
+            ready=health.readiness,
         )
         log.info("http endpoints serving", extra={"port": endpoints.port})
     return Daemon(runner, learner, metrics, model, endpoints)
 
 
 def install_signal_handlers(runner: Runner) -> None:
-    """Make SIGTERM and SIGINT finish the current poll, drain, commit and exit 0."""
+    """Make SIGTERM and SIGINT finish the current poll, snapshot, commit and exit 0."""
 
     def stop(signum: int, _frame: object) -> None:
         log.info("stop requested", extra={"signal": signal.Signals(signum).name})

@@ -73,6 +73,24 @@ def _parser() -> argparse.ArgumentParser:
     produce.add_argument("--topic", help="topic to send to (default: kafka.input_topic)")
 
     commands.add_parser("check-config", help="print the effective settings, secrets masked")
+
+    snapshots = commands.add_parser(
+        "snapshots", help="inspect snapshots", description="Inspect the snapshot directory."
+    )
+    snapshot_commands = snapshots.add_subparsers(dest="snapshots_command", required=True)
+    listing = snapshot_commands.add_parser(
+        "list", help="show step, time, offsets, size and validity of each snapshot"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per snapshot")
+
+    export = commands.add_parser(
+        "export",
+        help="write a snapshot's model as a plain Keras model file",
+        description="Write the model of a snapshot as a .keras file that keras.saving.load_model "
+        "loads. Its inputs are [x, mask, h_1, c_1, ...]; its outputs [predictions, h_1, c_1, ...].",
+    )
+    export.add_argument("--snapshot", default="latest", help="snapshot id (default: newest valid)")
+    export.add_argument("out", type=Path, help="output file, ending in .keras")
     return parser
 
 
@@ -119,14 +137,57 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _list_snapshots(settings: Settings, as_json: bool) -> int:
+    from daemon.checkpointing import describe
+    from daemon.snapshots import SnapshotStore
+
+    rows = [describe(info) for info in SnapshotStore(settings.snapshot.directory, 1).list()]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    if not rows:
+        print(f"no snapshots in {settings.snapshot.directory}")
+        return EXIT_OK
+    print(f"{'snapshot':34} {'step':>8} {'created (UTC)':20} {'bytes':>11}  offsets  valid")
+    for row in rows:
+        offsets = ",".join(f"{p}:{o}" for p, o in sorted(row["offsets"].items())) or "-"
+        valid = "yes" if row["valid"] else f"NO: {row['problem']}"
+        print(
+            f"{row['id']:34} {row['step']:>8} {row['created'] or '-':20} {row['bytes']:>11,}  "
+            f"{offsets}  {valid}"
+        )
+    return EXIT_OK
+
+
+def _export(settings: Settings, snapshot_id: str, out: Path) -> int:
+    from daemon.export import ExportError, export_snapshot
+
+    try:
+        written = export_snapshot(settings.snapshot.directory, snapshot_id, out)
+    except ExportError as exc:
+        print(f"lstmd export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out} from {written}")
+    return EXIT_OK
+
+
 def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "snapshots":
+        return _list_snapshots(settings, args.json)
+    if args.command == "export":
+        return _export(settings, args.snapshot, args.out)
     if args.command == "check-config":
         print(json.dumps(masked_dump(settings), indent=2))
         return EXIT_OK
     if args.command == "run":
-        from daemon.app import run_daemon
+        from daemon.app import StartupError, run_daemon
 
-        return run_daemon(settings)
+        try:
+            return run_daemon(settings)
+        except StartupError as exc:
+            print(f"lstmd: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.command == "demo":
         from daemon.demo import run_demo
 

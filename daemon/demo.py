@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,8 +43,10 @@ class DemoSummary:
     elapsed_s: float
 
 
-def demo_settings(settings: Settings, n_features: int, target_index: tuple[int, ...]) -> Settings:
-    """Fit the model shape to the data set; the embedded broker and a free HTTP port.
+def demo_settings(
+    settings: Settings, n_features: int, target_index: tuple[int, ...], snapshot_dir: Path
+) -> Settings:
+    """Fit the model shape to the data set; embedded broker, free HTTP port, scratch snapshots.
 
     The wall-clock batch close is off: the demo replays a backlog, and without it a run is
     deterministic for a given seed.
@@ -58,8 +61,15 @@ def demo_settings(settings: Settings, n_features: int, target_index: tuple[int, 
     stream = settings.stream.model_copy(update={"max_batch_wait_ms": 0})
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": ""})
     metrics = settings.metrics.model_copy(update={"port": 0, "host": "127.0.0.1"})
+    snapshot = settings.snapshot.model_copy(update={"directory": snapshot_dir})
     return settings.model_copy(
-        update={"model": model, "stream": stream, "kafka": kafka, "metrics": metrics}
+        update={
+            "model": model,
+            "stream": stream,
+            "kafka": kafka,
+            "metrics": metrics,
+            "snapshot": snapshot,
+        }
     )
 
 
@@ -75,14 +85,17 @@ def run_demo(
     clean = None if events is None else max(events - bad_events, 1)
     dataset = load_birthdays(limit=clean)
     messages, _ = inject_bad_events(dataset.messages, bad_events)
-    settings = demo_settings(settings, dataset.n_features(), dataset.target_index)
+    scratch = tempfile.TemporaryDirectory(prefix="lstmd-demo-")
+    settings = demo_settings(
+        settings, dataset.n_features(), dataset.target_index, Path(scratch.name)
+    )
     print(
         f"lstmd demo: {dataset.name}, {len(dataset.keys)} keys into "
         f"{settings.model.batch_size} slots, {len(messages):,} events "
         f"({bad_events} deliberately bad)",
         file=out,
     )
-    with kafka_connection(settings, embedded_port=0) as options:
+    with scratch, kafka_connection(settings, embedded_port=0) as options:
         _replay(options, settings.kafka.input_topic, messages)
         daemon = build_daemon(settings, options)
         try:

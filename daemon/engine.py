@@ -8,6 +8,7 @@ never imports TensorFlow itself (any object with `state_shape`, `train_step` and
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import numpy as np
 
 from daemon.batcher import build_infer_batch, build_train_batch, needs_prediction
 from daemon.events import Event, Reason, Rejection
+from daemon.prequential import RollingPrequential
 from daemon.scaling import denormalise, normalise
 from daemon.settings import Settings
 from daemon.slots import KeyState, Pending, ResetReason, SlotTable, reset_reason
@@ -97,10 +99,11 @@ class OnlineLearner:
         self.last_loss = float("nan")
         self.resets: Counter[str] = Counter()
         self.untrained = 0  # events that never got a target (end of a sequence) or lost state
-        self.prequential = Prequential()
+        self.prequential = Prequential()  # since start: the demo's and the report's figure
+        self.rolling = RollingPrequential(settings.metrics.prequential_window)
+        self.nonfinite_losses = 0
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
         self._batch_opened_at: float | None = None
-        self._unpublished: dict[int, set[int]] = {}
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -120,7 +123,6 @@ class OnlineLearner:
         pending = self._pending(state, event, partition, offset, starts_sequence=reason is not None)
         state.buffer.append(pending)
         state.last_ts = event.ts
-        self._unpublished.setdefault(partition, set()).add(offset)
         if self._batch_opened_at is None:
             self._batch_opened_at = pending.received_at
         while state.trainable_count() >= self._model_settings.window:
@@ -237,6 +239,8 @@ class OnlineLearner:
         self.step_seconds.append(time.perf_counter() - started)
         self.table.states[...] = states
         self.last_loss = loss
+        if not math.isfinite(loss):
+            self.nonfinite_losses += 1
         for slot, taken in batch.taken:
             state = self.table.rows[slot]
             for t, pending in enumerate(taken):
@@ -244,6 +248,7 @@ class OnlineLearner:
                     self._publish(state.key, pending, predictions[slot, t])
                 if pending.naive is not None:
                     self.prequential.add(pending.prediction, pending.naive, pending.target)
+                    self.rolling.add(pending.prediction, pending.naive, pending.target)
             del state.buffer[: len(taken)]
         self.step += 1
         self._periodic_reset()
@@ -292,7 +297,6 @@ class OnlineLearner:
         else:
             value = normalised.astype(np.float64)
         pending.prediction = value
-        self._unpublished[pending.partition].discard(pending.offset)
         self.outbox.append(
             Prediction(
                 key=key,
@@ -338,17 +342,9 @@ class OnlineLearner:
         out, self.outbox = self.outbox, []
         return out
 
-    def committable(self, processed: dict[int, int]) -> dict[int, int]:
-        """Return per partition the next offset safe to commit: all before it are published.
-
-        Args:
-            processed: per partition, the next offset after the last message handled.
-        """
-        safe = {}
-        for partition, next_offset in processed.items():
-            waiting = self._unpublished.get(partition)
-            safe[partition] = min(waiting) if waiting else next_offset
-        return safe
+    def after_restore(self) -> None:
+        """Recompute what is derived from restored state (the open batch's age)."""
+        self._batch_opened_at = self._oldest_waiting()
 
     def key_state(self, key: str) -> np.ndarray | None:
         """Return a key's [layers, 2, units] LSTM state (bound or parked), for tests and tools."""

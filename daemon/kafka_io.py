@@ -219,6 +219,10 @@ class EventSource:
             }
         )
 
+    def seek(self, partition: PartitionKey, offset: int) -> None:
+        """Make the next poll of an assigned partition start at `offset`."""
+        self._consumer.seek(TopicPartition(*partition), offset)
+
     def assignment(self) -> set[PartitionKey]:
         """Return the partitions currently assigned to this member."""
         return _keys(self._consumer.assignment())

@@ -148,6 +148,9 @@ class StatefulLSTM:
             settings: the model section of the settings.
         """
         self.settings = settings
+        if settings.deterministic:
+            # Same inputs, same weights: the crash-recovery guarantee is checked bit for bit.
+            tf.config.experimental.enable_op_determinism()
         self.train_traces = 0
         self.infer_traces = 0
         self.keras_model = build_keras_model(settings)
@@ -250,6 +253,41 @@ class StatefulLSTM:
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Load weights shaped as `get_weights()` returns them."""
         self.keras_model.set_weights(weights)
+
+    def save_weights(self, path: str | os.PathLike[str]) -> None:
+        """Write the weights in the Keras weights format (the path must end `.weights.h5`)."""
+        self.keras_model.save_weights(Path(path))
+
+    def load_weights(self, path: str | os.PathLike[str]) -> None:
+        """Read weights written by `save_weights`."""
+        self.keras_model.load_weights(Path(path))
+
+    def _optimizer_variables(self) -> dict[str, tf.Variable]:
+        # Paths start with the optimizer's name, which Keras uniquifies per process ("adam_3/"):
+        # key by the rest, which names the model variable. The learning rate is configuration.
+        return {
+            v.path.split("/", 1)[-1]: v
+            for v in self.optimizer.variables
+            if not v.path.endswith("learning_rate")
+        }
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """Return Adam's step counter and moments by variable name (not the learning rate)."""
+        return {name: np.asarray(v.numpy()) for name, v in self._optimizer_variables().items()}
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Load what `optimizer_state` returned; the learning rate stays the configured one.
+
+        Raises:
+            ValueError: the saved variables do not match this optimizer's.
+        """
+        variables = self._optimizer_variables()
+        if set(state) != set(variables):
+            raise ValueError(f"optimizer state names differ: {sorted(set(state) ^ set(variables))}")
+        for path, value in state.items():
+            if tuple(variables[path].shape) != value.shape:
+                raise ValueError(f"optimizer variable {path} has shape {value.shape}")
+            variables[path].assign(value)
 
     def export(self, path: str | os.PathLike[str]) -> None:
         """Save the functional model in the `.keras` format; it loads without custom objects.

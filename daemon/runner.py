@@ -14,17 +14,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from daemon.checkpointing import Checkpointer
 from daemon.engine import OnlineLearner
 from daemon.events import Event, Rejection, decode_event
+from daemon.health import Health
 from daemon.metrics import DaemonMetrics
 from daemon.outputs import encode_metrics, encode_prediction
 from daemon.settings import Settings
 
 log = logging.getLogger("lstmd.runner")
 
-# Offsets are committed at most this often (and at shutdown): each commit waits for the
-# producer to acknowledge every prediction before it, which costs a round trip.
-COMMIT_INTERVAL_S = 2.0
 # Consumer lag asks the broker for end offsets; a few seconds is fresh enough for a gauge.
 LAG_INTERVAL_S = 5.0
 # A graceful stop waits this long for the broker to acknowledge what is in flight.
@@ -60,6 +59,9 @@ class Runner:
         publisher: Sink,
         learner: OnlineLearner,
         metrics: DaemonMetrics,
+        checkpointer: Checkpointer,
+        health: Health,
+        restored_offsets: dict[int, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -70,8 +72,13 @@ class Runner:
         self._metrics = metrics
         self._clock = clock
         self._stop = threading.Event()
-        self._processed: dict[int, int] = {}  # input partition → next offset to read
-        self._committed: dict[int, int] = {}
+        self._checkpointer = checkpointer
+        self._health = health
+        # Input partition → next offset to read; the learner's state reflects everything before.
+        self._processed: dict[int, int] = dict(restored_offsets or {})
+        self._committed: dict[int, int] = dict(restored_offsets or {})
+        self._snapshot_offsets = dict(self._processed)
+        self._snapshot_step = learner.step
         self.consumed = 0
         self.dead_lettered = 0
         self.predictions_sent = 0
@@ -79,28 +86,18 @@ class Runner:
         self._seen_steps = 0
         self._seen_resets: Counter[str] = Counter()
         self._seen_evictions = 0
+        self._seen_parked_dropped = 0
+        self._seen_nonfinite = 0
         self._last_metrics_step = 0
         self._lag: dict[PartitionKey, int] = {}
         now = clock()
-        self.heartbeat = now
-        self._last_commit = self._last_lag = self._last_summary = now
+        self._last_snapshot = self._last_lag = self._last_summary = now
 
     # ---- control ------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Ask the loop to finish its current poll, drain and exit (signal-safe)."""
         self._stop.set()
-
-    @property
-    def ready(self) -> bool:
-        return bool(self._source.assignment())
-
-    def health(self, stall_s: float) -> tuple[bool, str]:
-        """Say whether the loop has turned within `stall_s` seconds."""
-        idle = self._clock() - self.heartbeat
-        if idle > stall_s:
-            return False, f"loop stalled for {idle:.0f} s"
-        return True, ""
 
     def run(
         self,
@@ -123,14 +120,23 @@ class Runner:
 
     def _poll_once(self) -> None:
         messages = self._source.poll(self._kafka.poll_timeout_ms)
-        self.heartbeat = self._clock()
+        steps_before, sent_before = self._learner.step, self.predictions_sent
         for raw in messages:
             self._handle(raw)
         self._learner.end_of_poll()
         self._publish()
+        self._maybe_snapshot()
         now = self._clock()
-        if now - self._last_commit >= COMMIT_INTERVAL_S:
-            self.commit()
+        self._health.set_assigned(bool(self._source.assignment()))
+        progress = (
+            bool(messages)
+            or self._learner.step > steps_before
+            or self.predictions_sent > sent_before
+        )
+        # Nothing came and nothing is due: in forecast mode a key's newest event waits for its
+        # successor forever on a quiet stream, so "buffers empty" would never hold.
+        if self._health.beat(now, progress, idle=not messages):
+            self._metrics.loop_last_progress.set_to_current_time()
         if now - self._last_lag >= LAG_INTERVAL_S:
             self._update_lag()
         if now - self._last_summary >= SUMMARY_INTERVAL_S:
@@ -197,10 +203,14 @@ class Runner:
         table = learner.table
         self._metrics.evictions.inc(table.evictions - self._seen_evictions)
         self._seen_evictions = table.evictions
+        self._metrics.parked_dropped.inc(table.parked_dropped - self._seen_parked_dropped)
+        self._seen_parked_dropped = table.parked_dropped
+        self._metrics.nonfinite_losses.inc(learner.nonfinite_losses - self._seen_nonfinite)
+        self._seen_nonfinite = learner.nonfinite_losses
         self._metrics.parked_keys.set(len(table.parked))
         self._metrics.active_slots.set(len(table.slot_of))
-        self._metrics.prequential_mae.labels(model="lstmd").set(learner.prequential.model_mae)
-        self._metrics.prequential_mae.labels(model="naive").set(learner.prequential.naive_mae)
+        self._metrics.prequential_mae.labels(model="lstmd").set(learner.rolling.model_mae)
+        self._metrics.prequential_mae.labels(model="naive").set(learner.rolling.naive_mae)
         every = self._settings.metrics.every_steps
         if learner.step // every > self._last_metrics_step // every:
             self._last_metrics_step = learner.step
@@ -224,25 +234,75 @@ class Runner:
         }
         self._publisher.send(self._kafka.metrics_topic, None, encode_metrics(fields))
 
-    def commit(self) -> None:
-        """Commit, per partition, the offsets before which every prediction is acknowledged."""
-        self._last_commit = self._clock()
+    def _maybe_snapshot(self) -> None:
+        config = self._settings.snapshot
+        steps = self._learner.step - self._snapshot_step
+        changed = steps > 0 or self._processed != self._snapshot_offsets
+        if config.every_steps and steps >= config.every_steps:
+            self.snapshot("steps")
+        elif config.every_s and changed and self._clock() - self._last_snapshot >= config.every_s:
+            self.snapshot("interval")
+
+    def snapshot(self, reason: str) -> bool:
+        """Snapshot at this batch boundary, then commit the offsets it reflects.
+
+        Every prediction and dead letter for the events before those offsets is acknowledged by
+        the broker first, so a committed offset never passes an unanswered event.
+
+        Returns:
+            Whether the snapshot was written (and the offsets committed).
+        """
+        self._last_snapshot = self._clock()
+        # Leaving: buffered supervised events are answered now by inference (which leaves the
+        # training untouched) instead of by the step that will train them after a restart.
+        leaving = reason in ("shutdown", "revoke")
+        self._learner.flush_predictions(include_supervised=leaving)
+        self._publish()
         failures = self._publisher.flush(FLUSH_TIMEOUT_S)
         if failures:
             self._metrics.predictions_failed.inc(failures)
-            log.error("records not acknowledged; offsets not committed", extra={"failed": failures})
+            log.error("records not acknowledged; snapshot postponed", extra={"failed": failures})
+            return False
+        started = time.perf_counter()
+        try:
+            info = self._checkpointer.save(dict(self._processed))
+        except OSError as exc:
+            self._metrics.snapshot_failures.inc()
+            log.error("snapshot failed", extra={"reason": reason, "error": str(exc)})
+            return False
+        seconds = time.perf_counter() - started
+        self._metrics.snapshot_duration.observe(seconds)
+        self._metrics.snapshot_last_success.set(time.time())
+        self._snapshot_step = self._learner.step
+        self._snapshot_offsets = dict(info.offsets)
+        log.info(
+            "snapshot written",
+            extra={
+                "reason": reason,
+                "snapshot": info.snapshot_id,
+                "step": info.step,
+                "offsets": info.offsets,
+                "seconds": round(seconds, 3),
+            },
+        )
+        self._commit(info.offsets)
+        return True
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
+        if not changed:
             return
-        safe = self._learner.committable(self._processed)
-        changed = {p: o for p, o in safe.items() if self._committed.get(p) != o}
-        if changed:
+        try:
             self._source.commit({(self._kafka.input_topic, p): o for p, o in changed.items()})
-            self._committed.update(changed)
+        except Exception as exc:  # the next snapshot commits again; state is safe on disk
+            log.warning("offset commit failed", extra={"error": str(exc)})
+            return
+        self._committed.update(changed)
 
     def _update_lag(self) -> None:
         self._last_lag = self._clock()
         self._lag = self._source.lag()
-        for (_, partition), lag in self._lag.items():
-            self._metrics.consumer_lag.labels(partition=str(partition)).set(lag)
+        self._metrics.set_consumer_lag(self._lag)
 
     def _log_summary(self) -> None:
         self._last_summary = self._clock()
@@ -263,10 +323,8 @@ class Runner:
 
     def _shutdown(self) -> None:
         log.info("draining")
-        self._learner.drain()
-        self._publish()
         try:
-            self.commit()
+            self.snapshot("shutdown")
         finally:
             self._source.close()
             self._publisher.close(FLUSH_TIMEOUT_S)

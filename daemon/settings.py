@@ -82,6 +82,24 @@ class ModelSettings(_Section):
     learning_rate: float = Field(3e-3, gt=0, le=10)
     clipnorm: float = Field(1.0, gt=0)
     seed: int = 0
+    deterministic: bool = Field(
+        False, description="Deterministic TensorFlow ops: reproducible weights, a little slower."
+    )
+
+    def shape(self) -> dict[str, object]:
+        """Return the settings a snapshot must have been made with to be loadable."""
+        return {
+            name: getattr(self, name)
+            for name in (
+                "n_features",
+                "n_targets",
+                "target_index",
+                "units",
+                "layers",
+                "batch_size",
+                "window",
+            )
+        }
 
     @model_validator(mode="after")
     def _targets_fit_features(self) -> ModelSettings:
@@ -106,12 +124,18 @@ class StreamSettings(_Section):
 
 
 class SnapshotSettings(_Section):
-    """Where snapshots go (issue 3 delivers them)."""
+    """Where and how often weights, states and offsets are saved together."""
 
     directory: Path = Path("snapshots")
-    every_steps: int = Field(500, ge=0)
-    every_s: float = Field(60.0, ge=0)
+    every_steps: int = Field(500, ge=0, description="0 disables the step trigger.")
+    every_s: float = Field(60.0, ge=0, description="0 disables the time trigger.")
     keep: int = Field(3, ge=1)
+    start_fresh: bool = Field(
+        False, description="Start from zero when snapshots exist but none is valid."
+    )
+    pause_before_rename_s: float = Field(
+        0.0, ge=0, description="Testing aid: widen the window in which a crash hits a write."
+    )
 
 
 class MetricsSettings(_Section):
@@ -120,6 +144,17 @@ class MetricsSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port.")
     every_steps: int = Field(50, ge=1)
+    prequential_window: int = Field(
+        1000, ge=1, description="Scored target values in the rolling prequential MAE."
+    )
+
+
+class HealthSettings(_Section):
+    """When /healthz calls the loop stalled."""
+
+    stall_s: float = Field(
+        60.0, gt=0, description="/healthz fails after this long without loop progress."
+    )
 
 
 class LogSettings(_Section):
@@ -142,6 +177,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     metrics: MetricsSettings = MetricsSettings()
+    health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -183,6 +183,49 @@ class SlotTable:
         """Return (slot, state) for every bound slot."""
         return [(slot, state) for slot, state in enumerate(self.rows) if state is not None]
 
+    def recency_order(self) -> list[str]:
+        """Return the bound keys, least recently active first."""
+        return list(self._recency)
+
+    def free_slots(self) -> list[int]:
+        """Return the free slots in the order they will be handed out (last first)."""
+        return list(self._free)
+
+    def restore(
+        self,
+        bound: list[tuple[int, KeyState]],
+        parked: list[KeyState],
+        rows: np.ndarray,
+        slots: np.ndarray,
+        free: list[int],
+        epoch: int,
+        evictions: int,
+        parked_dropped: int,
+    ) -> None:
+        """Load a saved table into this empty one.
+
+        Args:
+            bound: (slot, state) of bound keys, least recently active first.
+            parked: parked keys, least recently used first.
+            rows: [keys, layers, 2, units] LSTM rows, bound keys first, in the order above.
+            slots: slot per key (-1 for parked), same order as `rows`.
+            free: the free slots in hand-out order.
+        """
+        assert not self.slot_of and not self.parked, "restore into a used table"
+        for index, (slot, state) in enumerate(bound):
+            self.rows[slot] = state
+            self.slot_of[state.key] = slot
+            self._recency[state.key] = None
+            self.states[:, :, slot, :] = rows[index]
+        for index, state in enumerate(parked, start=len(bound)):
+            state.parked_state = rows[index].copy()
+            self.parked[state.key] = state
+        assert (slots[: len(bound)] >= 0).all() and (slots[len(bound) :] < 0).all()
+        self._free = list(free)
+        self.epoch = epoch
+        self.evictions = evictions
+        self.parked_dropped = parked_dropped
+
     def key_state_rows(self, key: str) -> np.ndarray | None:
         """Return a copy of a key's [layers, 2, units] LSTM rows, bound or parked."""
         slot = self.slot_of.get(key)

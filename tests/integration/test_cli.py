@@ -92,8 +92,9 @@ def _write_csv(path: Path, keys: int, days: int) -> int:
     return keys * days
 
 
-def _topics_env(broker, tag: str) -> dict[str, str]:
+def _topics_env(broker, tag: str, snapshot_dir: Path) -> dict[str, str]:
     return {
+        "LSTMD_SNAPSHOT__DIRECTORY": str(snapshot_dir),
         "LSTMD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
         "LSTMD_KAFKA__INPUT_TOPIC": f"in-{tag}",
         "LSTMD_KAFKA__PREDICTIONS_TOPIC": f"pred-{tag}",
@@ -121,7 +122,7 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_serves_produced_csv_and_drains_on_signal(broker, tmp_path, signum):
     tag = uuid.uuid4().hex[:10]
-    env = _topics_env(broker, tag)
+    env = _topics_env(broker, tag, tmp_path / "snapshots")
     sent = _write_csv(tmp_path / "data.csv", keys=6, days=9)
     options = client_options(KafkaSettings(), broker.bootstrap)
     daemon = subprocess.Popen(

@@ -11,7 +11,14 @@ import pytest
 
 from daemon.app import build_daemon
 from daemon.kafka_io import produce_values, read_all
-from daemon.settings import KafkaSettings, MetricsSettings, ModelSettings, Settings, StreamSettings
+from daemon.settings import (
+    KafkaSettings,
+    MetricsSettings,
+    ModelSettings,
+    Settings,
+    SnapshotSettings,
+    StreamSettings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +26,7 @@ KEYS = [f"sensor-{i}" for i in range(6)]  # more keys than the 4 slots
 DAYS = 12
 
 
-def _settings(bootstrap: str) -> Settings:
+def _settings(bootstrap: str, snapshot_dir) -> Settings:
     tag = uuid.uuid4().hex[:10]
     return Settings(
         kafka=KafkaSettings(
@@ -33,6 +40,7 @@ def _settings(bootstrap: str) -> Settings:
         model=ModelSettings(n_features=2, n_targets=1, units=8, batch_size=4, window=4),
         stream=StreamSettings(max_batch_wait_ms=0, max_event_bytes=2048),
         metrics=MetricsSettings(host="127.0.0.1", port=0, every_steps=5),
+        snapshot=SnapshotSettings(directory=snapshot_dir),
     )
 
 
@@ -75,8 +83,8 @@ def _stream() -> tuple[list[tuple[bytes | None, bytes]], dict[int, str]]:
 
 
 @pytest.fixture(scope="module")
-def daemon_run(broker):
-    settings = _settings(broker.bootstrap)
+def daemon_run(broker, tmp_path_factory):
+    settings = _settings(broker.bootstrap, tmp_path_factory.mktemp("snapshots"))
     from daemon.kafka_io import client_options
 
     options = client_options(settings.kafka, broker.bootstrap)

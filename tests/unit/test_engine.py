@@ -143,16 +143,6 @@ def test_prequential_scores_model_and_naive_on_the_same_events():
     assert learner.prequential.model_mae == pytest.approx(model_mae)
 
 
-def test_committable_offsets_never_pass_an_unpublished_event():
-    learner, _ = _learner(_settings(batch_size=2, window=5))
-    for offset, day in enumerate(range(3)):
-        learner.ingest(_event("a", day, day, target=day), 0, offset)
-    assert learner.committable({0: 3}) == {0: 0}  # supervised events wait for their step
-    learner.drain()
-    learner.take_outbox()
-    assert learner.committable({0: 3}) == {0: 3}
-
-
 def test_wall_clock_close_trains_after_max_batch_wait():
     now = [0.0]
     settings = _settings(window=10, max_batch_wait_ms=100)
