@@ -99,6 +99,7 @@ class OnlineLearner:
         self.last_loss = float("nan")
         self.resets: Counter[str] = Counter()
         self.untrained = 0  # events that never got a target (end of a sequence) or lost state
+        self.trained_events = 0  # timesteps trained on: each accepted event at most once
         self.prequential = Prequential()  # since start: the demo's and the report's figure
         self.rolling = RollingPrequential(settings.metrics.prequential_window)
         self.nonfinite_losses = 0
@@ -250,6 +251,7 @@ class OnlineLearner:
                     self.prequential.add(pending.prediction, pending.naive, pending.target)
                     self.rolling.add(pending.prediction, pending.naive, pending.target)
             del state.buffer[: len(taken)]
+            self.trained_events += len(taken)
         self.step += 1
         self._periodic_reset()
         self._batch_opened_at = self._oldest_waiting()

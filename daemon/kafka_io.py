@@ -386,6 +386,17 @@ def produce_values(
     return count
 
 
+def committed_offsets(options: dict[str, Any], group_id: str, topic: str) -> dict[int, int]:
+    """Return the group's committed offsets for a topic, partition → next offset to read."""
+    consumer = KafkaConsumer(**options, group_id=group_id, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        committed = {tp.partition: consumer.committed(tp) for tp in partitions}
+    finally:
+        consumer.close(autocommit=False)
+    return {partition: offset for partition, offset in committed.items() if offset is not None}
+
+
 def read_all(
     options: dict[str, Any], topic: str, timeout_s: float = 10, idle_s: float = 2
 ) -> list[RawMessage]:

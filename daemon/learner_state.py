@@ -75,6 +75,7 @@ def export_learner(learner: OnlineLearner) -> tuple[Arrays, dict[str, Any]]:
         "last_loss": learner.last_loss,
         "resets": dict(learner.resets),
         "untrained": learner.untrained,
+        "trained_events": learner.trained_events,
         "epoch": table.epoch,
         "evictions": table.evictions,
         "parked_dropped": table.parked_dropped,
@@ -143,6 +144,7 @@ def import_learner(
     learner.last_loss = float(meta["last_loss"])
     learner.resets = Counter(meta["resets"])
     learner.untrained = int(meta["untrained"])
+    learner.trained_events = int(meta["trained_events"])
     model_abs, naive_abs, count = meta["prequential"]
     learner.prequential.model_abs = float(model_abs)
     learner.prequential.naive_abs = float(naive_abs)
