@@ -7,6 +7,7 @@ The model is injected (anything with `save_weights`, `load_weights`, `optimizer_
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -63,7 +64,13 @@ class Checkpointer:
 
     def save(self, offsets: dict[int, int]) -> SnapshotInfo:
         """Write one snapshot of the current state, reflecting `offsets` (partition → next)."""
-        arrays, meta = export_learner(self._learner)
+        collecting = gc.isenabled()
+        gc.disable()  # the export builds large lists of small objects, none of them garbage
+        try:
+            arrays, meta = export_learner(self._learner)
+        finally:
+            if collecting:
+                gc.enable()
         optimizer = self._model.optimizer_state()
         names = sorted(optimizer)
         meta["optimizer_variables"] = names

@@ -218,7 +218,7 @@ class SlotTable:
             self._recency[state.key] = None
             self.states[:, :, slot, :] = rows[index]
         for index, state in enumerate(parked, start=len(bound)):
-            state.parked_state = rows[index].copy()
+            state.parked_state = rows[index]  # a view: the restored array is this table's own
             self.parked[state.key] = state
         assert (slots[: len(bound)] >= 0).all() and (slots[len(bound) :] < 0).all()
         self._free = list(free)
