@@ -82,6 +82,19 @@ class Checkpointer:
         }
         return self.store.write(self._learner.step, offsets, self._shape, writers)
 
+    def rollback(self) -> SnapshotInfo | None:
+        """Replace the learner's and the model's state by the newest valid snapshot's.
+
+        Returns:
+            The snapshot rolled back to, or None when there is none (nothing is changed then).
+        """
+        info, _ = self.store.newest_valid(self._shape)
+        if info is None:
+            return None
+        self._learner.reset()
+        restored, _ = self.restore()
+        return restored
+
     def restore(self) -> tuple[SnapshotInfo | None, list[tuple[str, str]]]:
         """Load the newest valid snapshot into the model and the learner.
 

@@ -83,6 +83,7 @@ class OnlineLearner:
     def __init__(
         self, settings: Settings, model: StepModel, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        self._settings = settings
         self._model_settings = settings.model
         self._stream = settings.stream
         self._model = model
@@ -103,6 +104,7 @@ class OnlineLearner:
         self.prequential = Prequential()  # since start: the demo's and the report's figure
         self.rolling = RollingPrequential(settings.metrics.prequential_window)
         self.nonfinite_losses = 0
+        self.consecutive_nonfinite = 0
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
         self._batch_opened_at: float | None = None
 
@@ -238,20 +240,29 @@ class OnlineLearner:
             batch.x, batch.y, batch.mask, self.table.states
         )
         self.step_seconds.append(time.perf_counter() - started)
-        self.table.states[...] = states
         self.last_loss = loss
-        if not math.isfinite(loss):
+        finite = math.isfinite(loss)
+        if finite:
+            self.table.states[...] = states
+            self.consecutive_nonfinite = 0
+        else:
+            # The model skipped the update; its states may be NaN too: keep the old ones, and
+            # let the batch's events go untrained rather than retry them forever.
             self.nonfinite_losses += 1
+            self.consecutive_nonfinite += 1
         for slot, taken in batch.taken:
             state = self.table.rows[slot]
             for t, pending in enumerate(taken):
                 if pending.prediction is None:
                     self._publish(state.key, pending, predictions[slot, t])
-                if pending.naive is not None:
+                if finite and pending.naive is not None:
                     self.prequential.add(pending.prediction, pending.naive, pending.target)
                     self.rolling.add(pending.prediction, pending.naive, pending.target)
             del state.buffer[: len(taken)]
-            self.trained_events += len(taken)
+            if finite:
+                self.trained_events += len(taken)
+            else:
+                self.untrained += len(taken)
         self.step += 1
         self._periodic_reset()
         self._batch_opened_at = self._oldest_waiting()
@@ -343,6 +354,10 @@ class OnlineLearner:
         """Return and clear the queued predictions."""
         out, self.outbox = self.outbox, []
         return out
+
+    def reset(self) -> None:
+        """Forget everything learned and buffered: the state of a learner just built."""
+        self.__init__(self._settings, self._model, self._clock)
 
     def after_restore(self) -> None:
         """Recompute what is derived from restored state (the open batch's age)."""

@@ -274,6 +274,7 @@ class Publisher:
         self.failed = 0
         self.last_error: BaseException | None = None
         self._failed_at_flush = 0
+        self._retry: list[tuple] = []  # records to send again at the next flush
 
     def send(
         self,
@@ -282,14 +283,19 @@ class Publisher:
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        """Queue one record; its outcome shows in the counters, not here."""
+        """Queue one record; its outcome shows in the counters, not here.
+
+        A record the producer gives up on (its delivery timeout passed) is kept and sent again
+        at the next `flush`, so nothing is dropped silently.
+        """
+        record = (topic, key, value, headers or [])
         try:
-            future = self._producer.send(topic, key=key, value=value, headers=headers or [])
+            future = self._producer.send(topic, key=key, value=value, headers=record[3])
         except KafkaError as exc:
-            self._on_failure(exc)
+            self._on_failure(exc, record)
             return
         future.add_callback(self._on_success)
-        future.add_errback(self._on_failure)
+        future.add_errback(lambda exc: self._on_failure(exc, record))
 
     def send_dead_letter(self, topic: str, raw: RawMessage, reason: str, detail: str) -> None:
         """Forward the original record to the dead-letter topic with why and whence.
@@ -323,6 +329,9 @@ class Publisher:
         with self._lock:
             new_failures = self.failed - self._failed_at_flush
             self._failed_at_flush = self.failed
+            retry, self._retry = self._retry, []
+        for topic, key, value, headers in retry:
+            self.send(topic, key, value, headers)
         return new_failures
 
     def close(self, timeout_s: float) -> None:
@@ -333,10 +342,12 @@ class Publisher:
         with self._lock:
             self.delivered += 1
 
-    def _on_failure(self, exc: BaseException) -> None:
+    def _on_failure(self, exc: BaseException, record: tuple | None = None) -> None:
         with self._lock:
             self.failed += 1
             self.last_error = exc
+            if record is not None:
+                self._retry.append(record)
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> bytes:

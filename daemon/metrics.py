@@ -148,6 +148,11 @@ class DaemonMetrics:
             "Restores that skipped an unreadable newest snapshot for an older one.",
             registry=r,
         )
+        self.rollbacks = Counter(
+            "lstmd_rollbacks",
+            "Roll-backs to the last good snapshot after consecutive non-finite train steps.",
+            registry=r,
+        )
 
         # ---- liveness ----------------------------------------------------------------------
         self.loop_last_progress = Gauge(

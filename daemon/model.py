@@ -203,7 +203,18 @@ class StatefulLSTM:
         with tf.GradientTape() as tape:
             preds, new = self._forward(x, mask, states, training=True)
             loss = masked_mse(y, preds, mask)
-        self.optimizer.apply(tape.gradient(loss, variables), variables)
+        grads = tape.gradient(loss, variables)
+        finite = tf.math.is_finite(loss)
+        for grad in grads:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
+
+        def update() -> tf.Tensor:
+            self.optimizer.apply(grads, variables)
+            return loss
+
+        # A non-finite loss or gradient would poison the weights and Adam's moments for good:
+        # skip the update and report the step as NaN so the caller can count it.
+        loss = tf.cond(finite, update, lambda: tf.constant(float("nan"), loss.dtype))
         return loss, preds, new
 
     def _infer_body(self, x, mask, states):
@@ -221,7 +232,8 @@ class StatefulLSTM:
 
         Returns:
             The loss, the predictions [B, T, n_targets] of the forward pass before the weight
-            update, and the new states.
+            update, and the new states. When the loss or any gradient is not finite, the weights
+            and the optimizer are left unchanged and the loss returned is NaN.
 
         Raises:
             ValueError: an argument's shape differs from the settings'.

@@ -28,6 +28,9 @@ log = logging.getLogger("lstmd.runner")
 LAG_INTERVAL_S = 5.0
 # A graceful stop waits this long for the broker to acknowledge what is in flight.
 FLUSH_TIMEOUT_S = 30.0
+# A failing snapshot (disk full, broker not acknowledging) is retried after 1, 2, 4 ... seconds,
+# never less often than this.
+SNAPSHOT_RETRY_MAX_S = 60.0
 # Progress summary at INFO: one line this often, never one per message.
 SUMMARY_INTERVAL_S = 60.0
 
@@ -38,6 +41,7 @@ class Source(Protocol):
     def poll(self, timeout_ms: int) -> list[Any]: ...
     def commit(self, offsets: dict[PartitionKey, int]) -> None: ...
     def assignment(self) -> set[PartitionKey]: ...
+    def seek(self, partition: PartitionKey, offset: int) -> None: ...
     def lag(self) -> dict[PartitionKey, int]: ...
     def close(self) -> None: ...
 
@@ -79,6 +83,8 @@ class Runner:
         self._committed: dict[int, int] = dict(restored_offsets or {})
         self._snapshot_offsets = dict(self._processed)
         self._snapshot_step = learner.step
+        self._snapshot_failure_streak = 0
+        self._snapshot_retry_at = 0.0
         self.consumed = 0
         self.dead_lettered = 0
         self.predictions_sent = 0
@@ -125,6 +131,8 @@ class Runner:
             self._handle(raw)
         self._learner.end_of_poll()
         self._publish()
+        if self._learner.consecutive_nonfinite >= self._settings.model.max_nonfinite_steps:
+            self._rollback()
         self._maybe_snapshot()
         now = self._clock()
         self._health.set_assigned(bool(self._source.assignment()))
@@ -236,18 +244,25 @@ class Runner:
 
     def _maybe_snapshot(self) -> None:
         config = self._settings.snapshot
+        now = self._clock()
+        if now < self._snapshot_retry_at:
+            return  # backing off after a failure
+        if self._learner.consecutive_nonfinite:
+            return  # a diverging model is not a good state to come back to
         steps = self._learner.step - self._snapshot_step
         changed = steps > 0 or self._processed != self._snapshot_offsets
         if config.every_steps and steps >= config.every_steps:
             self.snapshot("steps")
-        elif config.every_s and changed and self._clock() - self._last_snapshot >= config.every_s:
+        elif config.every_s and changed and now - self._last_snapshot >= config.every_s:
             self.snapshot("interval")
 
     def snapshot(self, reason: str) -> bool:
         """Snapshot at this batch boundary, then commit the offsets it reflects.
 
         Every prediction and dead letter for the events before those offsets is acknowledged by
-        the broker first, so a committed offset never passes an unanswered event.
+        the broker first, so a committed offset never passes an unanswered event. A failure
+        (records not acknowledged, a disk fault) keeps the daemon running and the last good
+        snapshot in place; the snapshot is retried with a backoff.
 
         Returns:
             Whether the snapshot was written (and the offsets committed).
@@ -261,20 +276,24 @@ class Runner:
         failures = self._publisher.flush(FLUSH_TIMEOUT_S)
         if failures:
             self._metrics.predictions_failed.inc(failures)
-            log.error("records not acknowledged; snapshot postponed", extra={"failed": failures})
+            self._snapshot_failed(reason, f"{failures} records not acknowledged by the broker")
             return False
         started = time.perf_counter()
         try:
             info = self._checkpointer.save(dict(self._processed))
         except OSError as exc:
             self._metrics.snapshot_failures.inc()
-            log.error("snapshot failed", extra={"reason": reason, "error": str(exc)})
+            self._snapshot_failed(reason, f"cannot write snapshot: {exc}")
             return False
         seconds = time.perf_counter() - started
         self._metrics.snapshot_duration.observe(seconds)
         self._metrics.snapshot_last_success.set(time.time())
         self._snapshot_step = self._learner.step
         self._snapshot_offsets = dict(info.offsets)
+        if self._snapshot_failure_streak:
+            log.info("snapshots recovered", extra={"after_failures": self._snapshot_failure_streak})
+        self._snapshot_failure_streak = 0
+        self._snapshot_retry_at = 0.0
         log.info(
             "snapshot written",
             extra={
@@ -287,6 +306,48 @@ class Runner:
         )
         self._commit(info.offsets)
         return True
+
+    def _snapshot_failed(self, reason: str, problem: str) -> None:
+        """Back off (1 s, 2 s, ... capped) and log the first failure of a streak only."""
+        self._snapshot_failure_streak += 1
+        delay = min(SNAPSHOT_RETRY_MAX_S, 2.0 ** (self._snapshot_failure_streak - 1))
+        self._snapshot_retry_at = self._clock() + delay
+        if self._snapshot_failure_streak == 1:
+            log.error(
+                "snapshot failed; retrying with backoff, last good snapshot kept",
+                extra={"reason": reason, "problem": problem},
+            )
+
+    def _rollback(self) -> None:
+        """Go back to the last good snapshot after repeated non-finite steps, and replay."""
+        skipped = self._learner.consecutive_nonfinite
+        info = self._checkpointer.rollback()
+        if info is None:
+            log.error("training diverged and there is no snapshot to roll back to")
+            self._learner.consecutive_nonfinite = 0
+            return
+        self._metrics.rollbacks.inc()
+        self._resync_counters()
+        self._processed = dict(info.offsets)
+        self._snapshot_offsets = dict(info.offsets)
+        self._snapshot_step = info.step
+        for topic, partition in self._source.assignment():
+            if partition in info.offsets:
+                self._source.seek((topic, partition), info.offsets[partition])
+        log.warning(
+            "training diverged; rolled back to the last good snapshot",
+            extra={"snapshot": info.snapshot_id, "step": info.step, "nonfinite_steps": skipped},
+        )
+
+    def _resync_counters(self) -> None:
+        """Take the restored learner's counters as seen: Prometheus counters never go back."""
+        learner = self._learner
+        self._seen_steps = learner.step
+        self._seen_resets = Counter(learner.resets)
+        self._seen_evictions = learner.table.evictions
+        self._seen_parked_dropped = learner.table.parked_dropped
+        self._seen_nonfinite = learner.nonfinite_losses
+        self._last_metrics_step = learner.step
 
     def _commit(self, offsets: dict[int, int]) -> None:
         changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}

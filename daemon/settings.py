@@ -82,6 +82,9 @@ class ModelSettings(_Section):
     learning_rate: float = Field(3e-3, gt=0, le=10)
     clipnorm: float = Field(1.0, gt=0)
     seed: int = 0
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="Consecutive non-finite steps before rolling back to a snapshot."
+    )
     deterministic: bool = Field(
         False, description="Deterministic TensorFlow ops: reproducible weights, a little slower."
     )

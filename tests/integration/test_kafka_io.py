@@ -10,6 +10,7 @@ from contextlib import closing
 from typing import Any
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 
 from daemon.embedded import EmbeddedBroker
 from daemon.kafka_io import (
@@ -206,3 +207,27 @@ def test_a_broker_that_dies_reports_its_log(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CALF_TANSU_BIN", str(fake))
     with pytest.raises(RuntimeError, match=r"exited with code 3(.|\n)*boom: no storage"):
         EmbeddedBroker().start(timeout_s=5)
+
+
+def test_a_record_the_producer_gives_up_on_is_sent_again_at_the_next_flush(
+    kafka_options: dict[str, Any], topic_factory
+) -> None:
+    topic = topic_factory("retry")
+    publisher = Publisher(kafka_options, KafkaSettings())
+    real_send = publisher._producer.send
+    calls = {"n": 0}
+
+    def flaky_send(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KafkaTimeoutError("delivery timed out")  # as when the broker is gone too long
+        return real_send(*args, **kwargs)
+
+    publisher._producer.send = flaky_send
+    publisher.send(topic, b"k", b"first")
+    publisher.send(topic, b"k", b"second")
+    assert publisher.flush(10) == 1  # one failed; it is queued again
+    assert publisher.flush(10) == 0
+    publisher.close(5)
+    values = sorted(r.value for r in read_all(kafka_options, topic))
+    assert values == [b"first", b"second"]

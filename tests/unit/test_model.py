@@ -235,3 +235,21 @@ def test_export_round_trip_predicts_like_infer(model2: StatefulLSTM, tmp_path) -
     out = [np.asarray(o) for o in loaded([xi, mask, *flat])]
     np.testing.assert_allclose(out[0], preds, atol=1e-6)
     np.testing.assert_allclose(np.reshape(out[1:], new.shape), new, atol=1e-6)
+
+
+def test_nonfinite_loss_skips_the_update_and_reports_nan():
+    settings = ModelSettings(n_features=2, n_targets=1, units=4, batch_size=2, window=3)
+    model = StatefulLSTM(settings)
+    before = model.get_weights()
+    optimizer_before = model.optimizer_state()
+    x = np.ones((2, 3, 2), np.float32)
+    y = np.full((2, 3, 1), 3e38, np.float32)  # its square overflows float32: loss is inf
+    mask = np.ones((2, 3), bool)
+    loss, _, _ = model.train_step(x, y, mask, model.zero_states())
+    assert np.isnan(loss)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name, value in model.optimizer_state().items():
+        np.testing.assert_array_equal(value, optimizer_before[name])
+    loss, _, _ = model.train_step(x, np.zeros_like(y), mask, model.zero_states())
+    assert np.isfinite(loss) and model.train_traces == 1

@@ -1,0 +1,92 @@
+"""In-memory stand-ins for the Kafka edges, so the runner's loop is tested without a broker.
+
+`FakeSource` behaves like a one-partition topic with a consumer position (poll, seek, commit);
+`FakePublisher` records what would be sent and can be told to fail deliveries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TOPIC = "lstmd-events"
+
+
+@dataclass(frozen=True)
+class Raw:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int = 0
+    headers: tuple = ()
+
+
+class FakeSource:
+    """One partition holding `values`; each poll returns up to `batch` messages."""
+
+    def __init__(self, values: list[bytes | None], batch: int = 7) -> None:
+        self.messages = [Raw(TOPIC, 0, i, None, v) for i, v in enumerate(values)]
+        self.position = 0
+        self.batch = batch
+        self.commits: list[dict] = []
+        self.seeks: list[tuple] = []
+        self.closed = False
+
+    def append(self, values: list[bytes | None]) -> None:
+        start = len(self.messages)
+        self.messages += [Raw(TOPIC, 0, start + i, None, v) for i, v in enumerate(values)]
+
+    def poll(self, timeout_ms: int) -> list[Raw]:
+        out = self.messages[self.position : self.position + self.batch]
+        self.position += len(out)
+        return out
+
+    def seek(self, partition: tuple[str, int], offset: int) -> None:
+        self.seeks.append((partition, offset))
+        self.position = offset
+
+    def commit(self, offsets: dict) -> None:
+        self.commits.append(dict(offsets))
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(TOPIC, 0)}
+
+    def lag(self) -> dict:
+        return {(TOPIC, 0): len(self.messages) - self.position}
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def drained(self) -> bool:
+        return self.position >= len(self.messages)
+
+
+@dataclass
+class FakePublisher:
+    """Record sends; fail every flush while `failing` is positive (one fewer each time)."""
+
+    sent: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    dead: list[tuple[int, str, str]] = field(default_factory=list)
+    failing: int = 0
+    flushes: int = 0
+
+    def send(self, topic, key, value, headers=None) -> None:
+        self.sent.append((topic, key, value))
+
+    def send_dead_letter(self, topic, raw, reason, detail) -> None:
+        self.dead.append((raw.offset, str(reason), detail))
+
+    def flush(self, timeout_s: float) -> int:
+        self.flushes += 1
+        if self.failing:
+            self.failing -= 1
+            return 1
+        return 0
+
+    def close(self, timeout_s: float) -> None:
+        pass
+
+    def predictions(self, topic: str = "lstmd-predictions") -> list[bytes]:
+        return [value for t, _, value in self.sent if t == topic]
