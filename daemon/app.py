@@ -133,9 +133,7 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
 
     def on_assign(partitions: set) -> None:
         log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
-        for topic, partition in partitions:
-            if partition in restored:
-                holder["source"].seek((topic, partition), restored[partition])
+        holder["runner"].on_assign(partitions)
 
     def on_revoke(partitions: set) -> None:
         if not partitions:
@@ -145,7 +143,6 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
             holder["runner"].snapshot("revoke")
 
     source = EventSource(options, settings.kafka, on_assign=on_assign, on_revoke=on_revoke)
-    holder["source"] = source
     publisher = Publisher(options, settings.kafka)
     runner = Runner(settings, source, publisher, learner, metrics, checkpointer, health, restored)
     holder["runner"] = runner

@@ -148,6 +148,12 @@ class DaemonMetrics:
             "Restores that skipped an unreadable newest snapshot for an older one.",
             registry=r,
         )
+        self.broker_connected = Gauge(
+            "lstmd_broker_connected",
+            "1 while a connection to the Kafka cluster is up, 0 during an outage.",
+            registry=r,
+        )
+        self.broker_connected.set(1)
         self.rollbacks = Counter(
             "lstmd_rollbacks",
             "Roll-backs to the last good snapshot after consecutive non-finite train steps.",

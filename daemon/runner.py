@@ -43,6 +43,7 @@ class Source(Protocol):
     def assignment(self) -> set[PartitionKey]: ...
     def seek(self, partition: PartitionKey, offset: int) -> None: ...
     def lag(self) -> dict[PartitionKey, int]: ...
+    def connected(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -85,6 +86,9 @@ class Runner:
         self._snapshot_step = learner.step
         self._snapshot_failure_streak = 0
         self._snapshot_retry_at = 0.0
+        # A restored state is already on disk; a fresh one has never been written.
+        self._snapshot_step_written = restored_offsets is not None and bool(restored_offsets)
+        self._connected = True
         self.consumed = 0
         self.dead_lettered = 0
         self.predictions_sent = 0
@@ -126,6 +130,7 @@ class Runner:
 
     def _poll_once(self) -> None:
         messages = self._source.poll(self._kafka.poll_timeout_ms)
+        self._check_connection(bool(messages))
         steps_before, sent_before = self._learner.step, self.predictions_sent
         for raw in messages:
             self._handle(raw)
@@ -145,10 +150,29 @@ class Runner:
         # successor forever on a quiet stream, so "buffers empty" would never hold.
         if self._health.beat(now, progress, idle=not messages):
             self._metrics.loop_last_progress.set_to_current_time()
-        if now - self._last_lag >= LAG_INTERVAL_S:
+        if self._connected and now - self._last_lag >= LAG_INTERVAL_S:
             self._update_lag()
         if now - self._last_summary >= SUMMARY_INTERVAL_S:
             self._log_summary()
+
+    def _check_connection(self, received: bool) -> None:
+        """Follow the broker connection; log and report only when it changes."""
+        connected = received or self._source.connected()
+        if connected == self._connected:
+            return
+        self._connected = connected
+        self._health.set_connected(connected)
+        self._metrics.broker_connected.set(1 if connected else 0)
+        if connected:
+            log.info("broker connection restored")
+        else:
+            log.warning("broker connection lost; reconnecting with backoff")
+
+    def on_assign(self, partitions: set[PartitionKey]) -> None:
+        """Seek newly assigned partitions to the offsets the learner's state reflects."""
+        for topic, partition in partitions:
+            if partition in self._processed:
+                self._source.seek((topic, partition), self._processed[partition])
 
     def _handle(self, raw: Any) -> None:
         self.consumed += 1
@@ -249,6 +273,8 @@ class Runner:
             return  # backing off after a failure
         if self._learner.consecutive_nonfinite:
             return  # a diverging model is not a good state to come back to
+        if not self._connected:
+            return  # nothing can be acknowledged or committed; the snapshot would only wait
         steps = self._learner.step - self._snapshot_step
         changed = steps > 0 or self._processed != self._snapshot_offsets
         if config.every_steps and steps >= config.every_steps:
@@ -271,13 +297,24 @@ class Runner:
         # Leaving: buffered supervised events are answered now by inference (which leaves the
         # training untouched) instead of by the step that will train them after a restart.
         leaving = reason in ("shutdown", "revoke")
-        self._learner.flush_predictions(include_supervised=leaving)
+        answered = self._learner.flush_predictions(include_supervised=leaving)
         self._publish()
-        failures = self._publisher.flush(FLUSH_TIMEOUT_S)
+        try:
+            failures = self._publisher.flush(FLUSH_TIMEOUT_S)
+        except TimeoutError as exc:
+            self._snapshot_failed(reason, str(exc))
+            return False
         if failures:
             self._metrics.predictions_failed.inc(failures)
             self._snapshot_failed(reason, f"{failures} records not acknowledged by the broker")
             return False
+        unchanged = (
+            self._learner.step == self._snapshot_step
+            and self._processed == self._snapshot_offsets
+            and not answered
+        )
+        if unchanged and self._snapshot_step_written:
+            return True  # the newest snapshot already holds exactly this state
         started = time.perf_counter()
         try:
             info = self._checkpointer.save(dict(self._processed))
@@ -290,6 +327,7 @@ class Runner:
         self._metrics.snapshot_last_success.set(time.time())
         self._snapshot_step = self._learner.step
         self._snapshot_offsets = dict(info.offsets)
+        self._snapshot_step_written = True
         if self._snapshot_failure_streak:
             log.info("snapshots recovered", extra={"after_failures": self._snapshot_failure_streak})
         self._snapshot_failure_streak = 0
@@ -331,6 +369,7 @@ class Runner:
         self._processed = dict(info.offsets)
         self._snapshot_offsets = dict(info.offsets)
         self._snapshot_step = info.step
+        self._snapshot_step_written = True
         for topic, partition in self._source.assignment():
             if partition in info.offsets:
                 self._source.seek((topic, partition), info.offsets[partition])

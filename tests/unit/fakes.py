@@ -32,6 +32,7 @@ class FakeSource:
         self.commits: list[dict] = []
         self.seeks: list[tuple] = []
         self.closed = False
+        self.up = True
 
     def append(self, values: list[bytes | None]) -> None:
         start = len(self.messages)
@@ -54,6 +55,9 @@ class FakeSource:
 
     def lag(self) -> dict:
         return {(TOPIC, 0): len(self.messages) - self.position}
+
+    def connected(self) -> bool:
+        return self.up
 
     def close(self) -> None:
         self.closed = True
