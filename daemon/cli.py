@@ -74,6 +74,26 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("check-config", help="print the effective settings, secrets masked")
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="prequential forecast quality against baselines on a real data set",
+        description="Replay a data set through the learner (no Kafka) and score it, one step "
+        "ahead and prequentially, against the naive, seasonal naive and River SNARIMAX "
+        "forecasts on the same events. Needs the `eval` extra (pip install 'lstmd[eval]').",
+    )
+    evaluate.add_argument("--dataset", default="birthdays", help="birthdays or elecdemand")
+    evaluate.add_argument("--events", type=_positive, help="only the first N events")
+    evaluate.add_argument("--out", type=Path, help="report directory (default: reports/DATASET)")
+    evaluate.add_argument("--season", type=_positive, help="seasonal naive season (default: data)")
+    evaluate.add_argument(
+        "--models",
+        type=_columns,
+        help="comma-separated subset of lstmd, lstmd_stateless, "
+        "naive, seasonal_naive, snarimax (default: all)",
+    )
+    evaluate.add_argument("--snarimax-lr", type=float, default=0.001)
+    evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+
     snapshots = commands.add_parser(
         "snapshots", help="inspect snapshots", description="Inspect the snapshot directory."
     )
@@ -172,7 +192,31 @@ def _export(settings: Settings, snapshot_id: str, out: Path) -> int:
     return EXIT_OK
 
 
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.evaluate import MODELS, run_evaluation
+
+    out = args.out or Path("reports") / args.dataset
+    try:
+        run_evaluation(
+            settings,
+            dataset=args.dataset,
+            out_dir=out,
+            limit=args.events,
+            season=args.season,
+            models=list(args.models or MODELS),
+            snarimax_lr=args.snarimax_lr,
+            plots=not args.no_plots,
+        )
+    except (ValueError, ImportError) as exc:
+        print(f"lstmd evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"report written to {out / 'report.md'}")
+    return EXIT_OK
+
+
 def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "evaluate":
+        return _evaluate(settings, args)
     if args.command == "snapshots":
         return _list_snapshots(settings, args.json)
     if args.command == "export":
