@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from daemon.checkpointing import Checkpointer
@@ -113,8 +114,27 @@ def restore_state(
     return dict(info.offsets)
 
 
+def check_snapshot_directory(directory: Path) -> None:
+    """Make sure snapshots can be written before anything else starts.
+
+    Raises:
+        StartupError: one line naming `snapshot.directory` and why it cannot be used.
+    """
+    probe = directory / ".lstmd-write-probe"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"invalid setting snapshot.directory: {directory} is not writable: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
 def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> Daemon:
     """Create topics, restore the newest snapshot, and build the Kafka clients and the runner."""
+    check_snapshot_directory(settings.snapshot.directory)
     configure_tensorflow()
     from daemon.model import StatefulLSTM  # TensorFlow loads only when a daemon is built
 

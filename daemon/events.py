@@ -31,6 +31,7 @@ class Reason(StrEnum):
     BAD_TARGET = "bad_target"
     NON_FINITE = "non_finite"
     BAD_RESET = "bad_reset"
+    FUTURE_TS = "future_ts"
     OUT_OF_ORDER = "out_of_order"
 
 
@@ -120,7 +121,9 @@ def _key(payload: dict, message_key: bytes | None) -> str:
     raise _Reject(Reason.MISSING_KEY, "no key field and no Kafka message key")
 
 
-def _parse(value: bytes, message_key: bytes | None, n_features: int, n_targets: int) -> Event:
+def _parse(
+    value: bytes, message_key: bytes | None, n_features: int, n_targets: int, latest_ts: float
+) -> Event:
     try:
         payload = json.loads(value, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -137,6 +140,9 @@ def _parse(value: bytes, message_key: bytes | None, n_features: int, n_targets: 
         ts = parse_ts(payload["ts"])
     except ValueError as exc:
         raise _Reject(Reason.BAD_TS, str(exc)) from None
+    if ts > latest_ts:
+        # Accepted, it would make every later event of its key look "out of order".
+        raise _Reject(Reason.FUTURE_TS, f"ts {ts} is after the latest accepted {latest_ts}")
     features = _vector(payload.get("features"), n_features, "features", Reason.BAD_FEATURES)
     raw_target = payload.get("target")
     target = None
@@ -154,6 +160,7 @@ def decode_event(
     n_features: int,
     n_targets: int,
     max_bytes: int = 1_048_576,
+    latest_ts: float = math.inf,
 ) -> Event | Rejection:
     """Decode one Kafka message value into an `Event`, or say why it is not one.
 
@@ -163,6 +170,7 @@ def decode_event(
         n_features: the exact length `features` must have.
         n_targets: the exact length `target` must have when present.
         max_bytes: values longer than this are rejected before parsing.
+        latest_ts: events stamped later than this (epoch seconds) are rejected.
 
     Returns:
         The event, or a `Rejection` naming the reason. Never raises on bad input.
@@ -172,6 +180,6 @@ def decode_event(
     if len(value) > max_bytes:
         return Rejection(Reason.TOO_LARGE, f"{len(value)} bytes exceeds {max_bytes}")
     try:
-        return _parse(value, message_key, n_features, n_targets)
+        return _parse(value, message_key, n_features, n_targets, latest_ts)
     except _Reject as exc:
         return Rejection(exc.reason, exc.detail)

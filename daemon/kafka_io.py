@@ -286,6 +286,7 @@ class Publisher:
         self.last_error: BaseException | None = None
         self._failed_at_flush = 0
         self._retry: list[tuple] = []  # records to send again at the next flush
+        self.truncated = 0  # dead-letter payloads cut to kafka.dead_letter_max_bytes
 
     def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(
@@ -325,10 +326,13 @@ class Publisher:
 
         Args:
             topic: the dead-letter topic.
-            raw: the record that could not be used; its key and value bytes go out unchanged.
+            raw: the record that could not be used; its key and value bytes go out unchanged,
+                except that a value over `kafka.dead_letter_max_bytes` is cut to that size
+                (header `lstmd-original-bytes` gives the full size; counted in `truncated`).
             reason: short machine-readable cause (header `lstmd-reason`).
             detail: human-readable explanation, cut to 1000 UTF-8 bytes (`lstmd-detail`).
         """
+        value = raw.value if raw.value is not None else b""
         headers = [
             ("lstmd-reason", reason.encode("utf-8")),
             ("lstmd-detail", _truncate_utf8(detail, DEAD_LETTER_DETAIL_MAX_BYTES)),
@@ -337,7 +341,12 @@ class Publisher:
             ("lstmd-source-offset", str(raw.offset).encode("ascii")),
             ("lstmd-source-timestamp-ms", str(raw.timestamp_ms).encode("ascii")),
         ]
-        self.send(topic, raw.key, raw.value if raw.value is not None else b"", headers)
+        cap = self._kafka.dead_letter_max_bytes
+        if len(value) > cap:
+            headers.append(("lstmd-original-bytes", str(len(value)).encode("ascii")))
+            value = value[:cap]
+            self.truncated += 1
+        self.send(topic, raw.key, value, headers)
 
     def flush(self, timeout_s: float) -> int:
         """Wait for every queued record and return how many failed since the last flush.

@@ -148,6 +148,11 @@ class DaemonMetrics:
             "Restores that skipped an unreadable newest snapshot for an older one.",
             registry=r,
         )
+        self.dead_letters_truncated = Counter(
+            "lstmd_dead_letters_truncated",
+            "Dead-letter payloads cut to kafka.dead_letter_max_bytes.",
+            registry=r,
+        )
         self.broker_connected = Gauge(
             "lstmd_broker_connected",
             "1 while a connection to the Kafka cluster is up, 0 during an outage.",

@@ -8,6 +8,7 @@ against fakes.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -177,13 +178,10 @@ class Runner:
     def _handle(self, raw: Any) -> None:
         self.consumed += 1
         self._metrics.events_consumed.inc()
-        model = self._settings.model
+        model, stream = self._settings.model, self._settings.stream
+        latest = time.time() + stream.max_future_s if stream.max_future_s else math.inf
         result: Event | Rejection | None = decode_event(
-            raw.value,
-            raw.key,
-            model.n_features,
-            model.n_targets,
-            self._settings.stream.max_event_bytes,
+            raw.value, raw.key, model.n_features, model.n_targets, stream.max_event_bytes, latest
         )
         if isinstance(result, Event):
             result = self._learner.ingest(result, raw.partition, raw.offset)
@@ -195,9 +193,12 @@ class Runner:
         self.dead_lettered += 1
         self.rejected[rejection.reason] += 1
         self._metrics.events_rejected.labels(reason=rejection.reason).inc()
+        truncated = self._publisher.truncated
         self._publisher.send_dead_letter(
             self._kafka.dead_letter_topic, raw, rejection.reason, rejection.detail
         )
+        if self._publisher.truncated > truncated:
+            self._metrics.dead_letters_truncated.inc()
         log.debug(
             "event dead-lettered",
             extra={

@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV_VAR = "LSTMD_CONFIG"
@@ -57,6 +65,17 @@ class KafkaSettings(_Section):
     embedded_port: int = Field(
         9092, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
     )
+
+    dead_letter_max_bytes: int = Field(
+        1_048_576, ge=1024, description="Dead-letter payloads are cut to this size (counted)."
+    )
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _file_exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
@@ -123,7 +142,10 @@ class StreamSettings(_Section):
     reset_after_idle_s: float = Field(0.0, ge=0, description="Event-time gap; 0 disables.")
     reset_every_steps: int = Field(0, ge=0, description="Global reset period; 0 disables.")
     normalise: bool = True
-    max_event_bytes: int = Field(1_048_576, ge=64)
+    max_event_bytes: int = Field(1_048_576, ge=64, description="Larger messages: too_large.")
+    max_future_s: float = Field(
+        86_400.0, ge=0, description="Events this far past the wall clock: future_ts; 0 disables."
+    )
 
 
 class SnapshotSettings(_Section):

@@ -202,3 +202,58 @@ def test_demo_acceptance_summary(tmp_path):
     assert summary["evictions"] > 0 and summary["train_steps"] > 0
     assert summary["model_mae"] < summary["naive_mae"]
     assert "lstmd demo summary" in out.stdout
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_secrets_never_reach_logs_metrics_or_check_config(broker, tmp_path):
+    secret = "Zq-sekrit-7781"
+    tag = uuid.uuid4().hex[:10]
+    port = _free_port()
+    env = _topics_env(broker, tag, tmp_path / "snapshots")
+    env.update(
+        LSTMD_KAFKA__SASL_USERNAME="svc",  # set but unused on PLAINTEXT: still never shown
+        LSTMD_KAFKA__SASL_PASSWORD=secret,
+        LSTMD_KAFKA__SSL_PASSWORD=secret,
+        LSTMD_METRICS__PORT=str(port),
+        LSTMD_METRICS__HOST="127.0.0.1",
+        LSTMD_LOG__LEVEL="DEBUG",
+    )
+    shown = _lstmd("check-config", **env)
+    assert shown.returncode == 0 and secret not in shown.stdout + shown.stderr
+    sent = _write_csv(tmp_path / "d.csv", keys=3, days=4)
+    daemon = subprocess.Popen(
+        [*LSTMD, "run"], env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        produced = _lstmd(
+            "produce",
+            "--csv",
+            str(tmp_path / "d.csv"),
+            "--key",
+            "sensor",
+            "--ts",
+            "time",
+            "--features",
+            "temp,load",
+            **env,
+        )
+        assert produced.returncode == 0 and secret not in produced.stdout + produced.stderr
+        options = client_options(KafkaSettings(), broker.bootstrap)
+        _wait_for(lambda: len(read_all(options, f"pred-{tag}", idle_s=0.5)) >= sent, 60, "preds")
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert b"lstmd_events_consumed_total" in metrics and secret.encode() not in metrics
+    assert "snapshot written" in stderr and secret not in stderr

@@ -75,6 +75,7 @@ class FakePublisher:
     dead: list[tuple[int, str, str]] = field(default_factory=list)
     failing: int = 0
     flushes: int = 0
+    truncated: int = 0
 
     def send(self, topic, key, value, headers=None) -> None:
         self.sent.append((topic, key, value))
