@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import SecretStr
 
 from daemon.kafka_io import client_options
@@ -18,6 +19,17 @@ SECURITY_KEYS = {
 }
 
 
+@pytest.fixture
+def pem_files(tmp_path) -> dict[str, str]:
+    """TLS file settings must name existing files; these stand in for them."""
+    files = {}
+    for name in ("ca", "cert", "key"):
+        path = tmp_path / f"{name}.pem"
+        path.write_text("-----BEGIN PLACEHOLDER-----\n")
+        files[name] = str(path)
+    return files
+
+
 def test_plain_settings_have_no_security_keys() -> None:
     options = client_options(KafkaSettings(client_id="me"), "a:9092, b:9093")
     assert options == {
@@ -28,15 +40,15 @@ def test_plain_settings_have_no_security_keys() -> None:
     assert not SECURITY_KEYS & options.keys()
 
 
-def test_sasl_ssl_settings_pass_through_with_secrets_unwrapped() -> None:
+def test_sasl_ssl_settings_pass_through_with_secrets_unwrapped(pem_files) -> None:
     kafka = KafkaSettings(
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username="alice",
         sasl_password=SecretStr("s3cret"),
-        ssl_cafile="/ca.pem",
-        ssl_certfile="/cert.pem",
-        ssl_keyfile="/key.pem",
+        ssl_cafile=pem_files["ca"],
+        ssl_certfile=pem_files["cert"],
+        ssl_keyfile=pem_files["key"],
         ssl_password=SecretStr("keypass"),
     )
     options = client_options(kafka, "broker:9094")
@@ -47,17 +59,19 @@ def test_sasl_ssl_settings_pass_through_with_secrets_unwrapped() -> None:
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "alice",
         "sasl_plain_password": "s3cret",
-        "ssl_cafile": "/ca.pem",
-        "ssl_certfile": "/cert.pem",
-        "ssl_keyfile": "/key.pem",
+        "ssl_cafile": pem_files["ca"],
+        "ssl_certfile": pem_files["cert"],
+        "ssl_keyfile": pem_files["key"],
         "ssl_password": "keypass",
     }
     # The settings object itself still hides them.
     assert "s3cret" not in repr(kafka) and "keypass" not in repr(kafka)
 
 
-def test_ssl_only_sets_just_the_given_files() -> None:
-    options = client_options(KafkaSettings(security_protocol="SSL", ssl_cafile="/ca.pem"), "b:1")
+def test_ssl_only_sets_just_the_given_files(pem_files) -> None:
+    options = client_options(
+        KafkaSettings(security_protocol="SSL", ssl_cafile=pem_files["ca"]), "b:1"
+    )
     assert options["security_protocol"] == "SSL"
-    assert options["ssl_cafile"] == "/ca.pem"
+    assert options["ssl_cafile"] == pem_files["ca"]
     assert not (SECURITY_KEYS - {"ssl_cafile"}) & options.keys()
