@@ -96,24 +96,40 @@ class Checkpointer:
         return restored
 
     def restore(self) -> tuple[SnapshotInfo | None, list[tuple[str, str]]]:
-        """Load the newest valid snapshot into the model and the learner.
+        """Load the newest usable snapshot into the model and the learner.
+
+        A snapshot that verifies but cannot be loaded (written by an incompatible version, say)
+        is skipped like a damaged one, and nothing of it stays loaded.
 
         Returns:
-            (the snapshot loaded or None, [(id, problem)] of newer damaged snapshots skipped).
+            (the snapshot loaded or None, [(id, problem)] of newer snapshots skipped).
 
         Raises:
             ShapeMismatch: the newest valid snapshot has other model-shape settings.
         """
-        info, skipped = self.store.newest_valid(self._shape)
-        if info is None:
-            return None, skipped
+        initial = self._model.get_weights(), self._model.optimizer_state()
+        skipped: list[tuple[str, str]] = []
+        for info in self.store.candidates(self._shape, skipped):
+            try:
+                self._load(info)
+            except (KeyError, ValueError, TypeError, OSError) as exc:
+                self.store.skip(skipped, info.snapshot_id, f"cannot be loaded: {exc!r}"[:300])
+                self._learner.reset()
+                self._model.set_weights(initial[0])
+                self._model.set_optimizer_state(initial[1])
+                continue
+            return info, skipped
+        return None, skipped
+
+    def _load(self, info: SnapshotInfo) -> None:
         meta = json.loads((info.path / LEARNER_META).read_text(encoding="utf-8"))
         saved = load_npz(info.path / OPTIMIZER)
+        arrays = load_npz(info.path / LEARNER_ARRAYS)
         names: list[str] = meta.pop("optimizer_variables")
+        optimizer = {n: saved[f"v{i}"] for i, n in enumerate(names)}
         self._model.load_weights(info.path / WEIGHTS)
-        self._model.set_optimizer_state({n: saved[f"v{i}"] for i, n in enumerate(names)})
-        import_learner(self._learner, load_npz(info.path / LEARNER_ARRAYS), meta, time.monotonic())
-        return info, skipped
+        self._model.set_optimizer_state(optimizer)
+        import_learner(self._learner, arrays, meta, time.monotonic())
 
 
 def describe(info: SnapshotInfo) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 from daemon.batcher import build_infer_batch, build_train_batch, needs_prediction
 from daemon.events import Event, Reason, Rejection
 from daemon.prequential import RollingPrequential
-from daemon.scaling import denormalise, normalise
+from daemon.scaling import RunningStats, denormalise, normalise
 from daemon.settings import Settings
 from daemon.slots import KeyState, Pending, ResetReason, SlotTable, reset_reason
 
@@ -174,8 +174,8 @@ class OnlineLearner:
             previous.target = event.features[ti]
             previous.y = self._scaled_target(previous.target, previous)
         if event.target is None:
-            location, spread = self._feature_target_scale(state)
             naive = event.features[ti]
+            location, spread = self._feature_target_scale(state, naive, starts_sequence)
         else:
             location, spread = self._supervised_target_scale(state)
             naive = state.last_target
@@ -199,12 +199,31 @@ class OnlineLearner:
             state.last_target = event.target
         return pending
 
-    def _feature_target_scale(self, state: KeyState) -> tuple[np.ndarray, np.ndarray]:
-        if not self._stream.normalise:
-            size = len(self._target_index)
-            return np.zeros(size), np.ones(size)
-        location, spread = state.feature_stats.scale()
-        return location[self._target_index], spread[self._target_index]
+    def _feature_target_scale(
+        self, state: KeyState, level: np.ndarray, starts_sequence: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return how the next value of this key's target features will be normalised.
+
+        "level": by the key's running mean and spread of those features. "difference": around
+        the current value, by the spread of the key's steps, so the model learns the change and
+        an untrained model forecasts the last value.
+        """
+        size = len(self._target_index)
+        if self._stream.normalise:
+            location, spread = state.feature_stats.scale()
+            location, spread = location[self._target_index], spread[self._target_index]
+        else:
+            location, spread = np.zeros(size), np.ones(size)
+        if self._stream.target_scaling == "level":
+            return location, spread
+        if state.diff_stats is None:
+            state.diff_stats = RunningStats(size)
+        if state.last_level is not None and not starts_sequence:
+            state.diff_stats.update(level - state.last_level)
+        state.last_level = level
+        if self._stream.normalise and state.diff_stats.count >= 2:
+            spread = state.diff_stats.scale()[1]
+        return level, spread
 
     def _supervised_target_scale(self, state: KeyState) -> tuple[np.ndarray, np.ndarray]:
         # Scale from the targets seen before this one: this event's own target must not leak

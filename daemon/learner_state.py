@@ -70,6 +70,12 @@ def export_learner(learner: OnlineLearner) -> tuple[Arrays, dict[str, Any]]:
         arrays[f"{prefix}_count"] = np.array([st.count for st in stats], np.int64)
         arrays[f"{prefix}_mean"] = np.array([st.mean for st in stats]).reshape(-1, width)
         arrays[f"{prefix}_m2"] = np.array([st.m2 for st in stats]).reshape(-1, width)
+    diffs = [s.diff_stats or RunningStats(n_targets) for s in states]
+    arrays["dstat_count"] = np.array([d.count for d in diffs], np.int64)
+    arrays["dstat_mean"] = np.array([d.mean for d in diffs]).reshape(-1, n_targets)
+    arrays["dstat_m2"] = np.array([d.m2 for d in diffs]).reshape(-1, n_targets)
+    level, has_level = _optional([s.last_level for s in states], n_targets, np.float64)
+    arrays["key_last_level"], arrays["key_has_last_level"] = level, has_level
     arrays.update(_export_buffers(states, table.n_features, n_targets))
     meta = {
         "keys": [s.key for s in states],
@@ -170,6 +176,18 @@ def _key_states(arrays: Arrays, keys: list[str]) -> list[KeyState]:
     epochs = arrays["key_reset_epoch"].tolist()
     has_last = arrays["key_has_last_target"].tolist()
     last_target = arrays["key_last_target"]
+    if "dstat_count" not in arrays:  # written before difference scaling existed
+        n, width = len(keys), arrays["tstat_mean"].shape[1]
+        arrays = {
+            **arrays,
+            "dstat_count": np.zeros(n, np.int64),
+            "dstat_mean": np.zeros((n, width)),
+            "dstat_m2": np.zeros((n, width)),
+            "key_has_last_level": np.zeros(n, bool),
+            "key_last_level": np.zeros((n, width)),
+        }
+    d_count, d_mean, d_m2 = arrays["dstat_count"].tolist(), arrays["dstat_mean"], arrays["dstat_m2"]
+    has_level, last_level = arrays["key_has_last_level"].tolist(), arrays["key_last_level"]
     return [
         KeyState(
             key=key,
@@ -178,6 +196,8 @@ def _key_states(arrays: Arrays, keys: list[str]) -> list[KeyState]:
             last_ts=None if math.isnan(last_ts[i]) else last_ts[i],
             last_target=last_target[i] if has_last[i] else None,
             reset_epoch=epochs[i],
+            last_level=last_level[i] if has_level[i] else None,
+            diff_stats=RunningStats.from_arrays(d_count[i], d_mean[i], d_m2[i]),
         )
         for i, key in enumerate(keys)
     ]

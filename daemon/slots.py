@@ -62,6 +62,9 @@ class KeyState:
     last_target: np.ndarray | None = None
     reset_epoch: int = 0
     parked_state: np.ndarray | None = None  # [layers, 2, units] while parked
+    # Forecast mode with difference scaling: the last target level and the spread of its steps.
+    last_level: np.ndarray | None = None
+    diff_stats: RunningStats | None = None
 
     def trainable_count(self) -> int:
         """Return how many buffered events already know their target."""

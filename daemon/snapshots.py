@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,20 +202,38 @@ class SnapshotStore:
             ShapeMismatch: the newest valid snapshot was made with other model-shape settings.
         """
         skipped: list[tuple[str, str]] = []
+        for info in self.candidates(model_shape, skipped):
+            return info, skipped
+        return None, skipped
+
+    def candidates(
+        self, model_shape: Mapping[str, Any], skipped: list[tuple[str, str]]
+    ) -> Iterator[SnapshotInfo]:
+        """Yield the snapshots that verify, newest first; log and add damaged ones to `skipped`.
+
+        Raises:
+            ShapeMismatch: the newest valid snapshot was made with other model-shape settings.
+        """
+        checked_shape = False
         for path in reversed(self._directories()):
             info = self.inspect(path)
             if not info.valid:
-                log.warning(
-                    "snapshot damaged, skipped",
-                    extra={"snapshot": info.snapshot_id, "problem": info.problem},
-                )
-                skipped.append((info.snapshot_id, info.problem))
+                self.skip(skipped, info.snapshot_id, info.problem)
                 continue
-            mismatch = shape_mismatch(info.manifest.get("model", {}), model_shape)
-            if mismatch:
-                raise ShapeMismatch(f"snapshot {info.snapshot_id} {mismatch}")
-            return info, skipped
-        return None, skipped
+            if not checked_shape:
+                mismatch = shape_mismatch(info.manifest.get("model", {}), model_shape)
+                if mismatch:
+                    raise ShapeMismatch(f"snapshot {info.snapshot_id} {mismatch}")
+                checked_shape = True
+            yield info
+
+    @staticmethod
+    def skip(skipped: list, snapshot_id: str, problem: str) -> None:
+        """Record and log a snapshot that cannot be used."""
+        log.warning(
+            "snapshot damaged, skipped", extra={"snapshot": snapshot_id, "problem": problem}
+        )
+        skipped.append((snapshot_id, problem))
 
 
 def shape_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:

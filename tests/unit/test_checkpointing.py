@@ -1,6 +1,9 @@
 """Whole snapshots with the real model: restore gives the same weights, optimizer and training;
 export gives a plain Keras file that predicts like the daemon."""
 
+import hashlib
+import json
+
 import keras
 import numpy as np
 
@@ -92,3 +95,29 @@ def test_export_loads_with_plain_keras_and_predicts_like_the_daemon(tmp_path):
     np.testing.assert_allclose(outputs[0][:, :2], expected[:, :2], atol=1e-5)
     np.testing.assert_allclose(outputs[0][0], expected[0], atol=1e-5)
     np.testing.assert_allclose(outputs[1], expected_states[0, 0], atol=1e-5)
+
+
+def test_a_snapshot_that_verifies_but_cannot_be_loaded_is_skipped_and_nothing_stays(tmp_path):
+    _, learner, checkpointer = _parts(tmp_path / "snaps")
+    _feed(learner, _events()[:20])
+    older = checkpointer.save({0: 20})
+    _feed(learner, _events()[20:], start=20)
+    newest = checkpointer.save({0: 60})
+    # Written by an incompatible version: the files verify, but an array it needs is missing.
+    arrays = dict(np.load(newest.path / "learner.npz", allow_pickle=False))
+    del arrays["key_rows"]
+    with (newest.path / "learner.npz").open("wb") as handle:
+        np.savez(handle, **arrays)
+    manifest = json.loads((newest.path / "manifest.json").read_text())
+    data = (newest.path / "learner.npz").read_bytes()
+    manifest["files"]["learner.npz"] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    (newest.path / "manifest.json").write_text(json.dumps(manifest))
+
+    _, fresh, fresh_checkpointer = _parts(tmp_path / "snaps")
+    info, skipped = fresh_checkpointer.restore()
+    assert info.snapshot_id == older.snapshot_id
+    assert skipped[0][0] == newest.snapshot_id and "cannot be loaded" in skipped[0][1]
+    assert fresh.step == older.step

@@ -154,3 +154,24 @@ def test_wall_clock_close_trains_after_max_batch_wait():
     now[0] = 0.2
     learner.end_of_poll()
     assert learner.step == 1 and len(learner.take_outbox()) == 1
+
+
+def test_difference_scaling_learns_the_step_from_the_current_level():
+    learner, _ = _learner(_settings(batch_size=2, window=8, target_scaling="difference"))
+    values = [10.0, 12.0, 11.0, 15.0]
+    for day, value in enumerate(values):
+        learner.ingest(_event("a", day, value), 0, day)
+    buffer = learner.table.bound("a").buffer
+    steps = np.diff(values[:3])  # the steps known when event 2 arrived
+    assert buffer[2].location[0] == 11.0
+    assert buffer[2].spread[0] == pytest.approx(np.std(steps))
+    assert buffer[2].y[0] == pytest.approx((15.0 - 11.0) / np.std(steps))
+
+
+def test_difference_scaling_ignores_the_step_across_a_reset():
+    learner, _ = _learner(_settings(batch_size=2, window=8, target_scaling="difference"))
+    for day, value in enumerate([1.0, 2.0, 3.0]):
+        learner.ingest(_event("a", day, value), 0, day)
+    learner.ingest(_event("a", 3, 1000.0, reset=True), 0, 3)
+    state = learner.table.bound("a")
+    assert state.diff_stats.count == 2 and state.diff_stats.mean[0] == 1.0
