@@ -157,17 +157,21 @@ class OnlineLearner:
             # Inference runs over the newest sequence only: predict the old one now.
             self.flush_predictions(include_supervised=True)
 
-    def _scale_features(self, state: KeyState, features: np.ndarray) -> np.ndarray:
+    def _scale_features(
+        self, state: KeyState, features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold the event into the key's statistics; return (normalised, location, spread)."""
         if not self._stream.normalise:
-            return features
+            size = len(features)
+            return features, np.zeros(size), np.ones(size)
         state.feature_stats.update(features)
         location, spread = state.feature_stats.scale()
-        return normalise(features, location, spread)
+        return normalise(features, location, spread), location, spread
 
     def _pending(
         self, state: KeyState, event: Event, partition: int, offset: int, starts_sequence: bool
     ) -> Pending:
-        x = self._scale_features(state, event.features)
+        x, feature_location, feature_spread = self._scale_features(state, event.features)
         ti = self._target_index
         previous = state.buffer[-1] if state.buffer else None
         if previous is not None and previous.y is None and not starts_sequence:
@@ -175,7 +179,9 @@ class OnlineLearner:
             previous.y = self._scaled_target(previous.target, previous)
         if event.target is None:
             naive = event.features[ti]
-            location, spread = self._feature_target_scale(state, naive, starts_sequence)
+            location, spread = self._feature_target_scale(
+                state, naive, starts_sequence, feature_location[ti], feature_spread[ti]
+            )
         else:
             location, spread = self._supervised_target_scale(state)
             naive = state.last_target
@@ -200,7 +206,12 @@ class OnlineLearner:
         return pending
 
     def _feature_target_scale(
-        self, state: KeyState, level: np.ndarray, starts_sequence: bool
+        self,
+        state: KeyState,
+        level: np.ndarray,
+        starts_sequence: bool,
+        location: np.ndarray,
+        spread: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return how the next value of this key's target features will be normalised.
 
@@ -208,16 +219,10 @@ class OnlineLearner:
         the current value, by the spread of the key's steps, so the model learns the change and
         an untrained model forecasts the last value.
         """
-        size = len(self._target_index)
-        if self._stream.normalise:
-            location, spread = state.feature_stats.scale()
-            location, spread = location[self._target_index], spread[self._target_index]
-        else:
-            location, spread = np.zeros(size), np.ones(size)
         if self._stream.target_scaling == "level":
             return location, spread
         if state.diff_stats is None:
-            state.diff_stats = RunningStats(size)
+            state.diff_stats = RunningStats(len(level))
         if state.last_level is not None and not starts_sequence:
             state.diff_stats.update(level - state.last_level)
         state.last_level = level

@@ -11,8 +11,10 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
+import orjson
 
 # Largest finite float32; a feature above it would become inf inside the model.
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -96,15 +98,21 @@ def _vector(value: object, size: int, field: str, shape_reason: Reason) -> np.nd
         raise _Reject(shape_reason, f"{field} must be a list of {size} numbers")
     if len(value) != size:
         raise _Reject(shape_reason, f"{field} has {len(value)} values, expected {size}")
+    numbers = []
+    # One plain-Python pass: for a dozen values it is several times cheaper than numpy's checks.
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int | float):
             raise _Reject(shape_reason, f"{field} holds a non-number {str(item)[:40]!r}")
-    array = np.array(value, dtype=np.float64)
-    if not np.all(np.isfinite(array)):
-        raise _Reject(Reason.NON_FINITE, f"{field} holds a non-finite number")
-    if np.any(np.abs(array) > _FLOAT32_MAX):
-        raise _Reject(Reason.NON_FINITE, f"{field} holds a number that overflows float32")
-    return array
+        try:
+            number = float(item)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise _Reject(Reason.NON_FINITE, f"{field} holds a non-finite number")
+        if abs(number) > _FLOAT32_MAX:
+            raise _Reject(Reason.NON_FINITE, f"{field} holds a number that overflows float32")
+        numbers.append(number)
+    return np.array(numbers, dtype=np.float64)
 
 
 def _key(payload: dict, message_key: bytes | None) -> str:
@@ -125,14 +133,28 @@ def _parse(
     value: bytes, message_key: bytes | None, n_features: int, n_targets: int, latest_ts: float
 ) -> Event:
     try:
-        payload = json.loads(value, parse_constant=_reject_constant)
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        payload = _strict_loads(value)
+    if not isinstance(payload, dict):
+        kind = type(payload).__name__
+        raise _Reject(Reason.NOT_OBJECT, f"event must be a JSON object, not {kind}")
+    return _fields(payload, message_key, n_features, n_targets, latest_ts)
+
+
+def _strict_loads(value: bytes) -> Any:
+    """Parse what orjson refused with the standard library, to name the exact problem."""
+    try:
+        return json.loads(value, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _Reject(Reason.INVALID_JSON, str(exc)[:200]) from None
     except RecursionError:
         raise _Reject(Reason.INVALID_JSON, "JSON nested too deeply") from None
-    if not isinstance(payload, dict):
-        kind = type(payload).__name__
-        raise _Reject(Reason.NOT_OBJECT, f"event must be a JSON object, not {kind}")
+
+
+def _fields(
+    payload: dict, message_key: bytes | None, n_features: int, n_targets: int, latest_ts: float
+) -> Event:
     key = _key(payload, message_key)
     if "ts" not in payload:
         raise _Reject(Reason.BAD_TS, "no ts field")

@@ -204,6 +204,7 @@ class EventSource:
             session_timeout_ms=kafka.session_timeout_ms,
             heartbeat_interval_ms=kafka.heartbeat_interval_ms,
             max_poll_records=kafka.max_poll_records,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         )
         self._consumer.subscribe([kafka.input_topic], listener=_Listener(on_assign, on_revoke))
 

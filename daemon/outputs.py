@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from daemon.engine import Prediction
 
 
@@ -28,7 +30,7 @@ def encode_prediction(prediction: Prediction, topic: str, snapshot_id: str | Non
         "model_step": prediction.step,
         "snapshot_id": snapshot_id,
     }
-    return json.dumps(record, separators=(",", ":")).encode()
+    return orjson.dumps(record)
 
 
 def encode_metrics(fields: dict[str, Any]) -> bytes:

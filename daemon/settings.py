@@ -52,6 +52,9 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_records: int = Field(2000, ge=1)
     poll_timeout_ms: int = Field(200, ge=0)
+    # kafka-python's 500 ms default adds up to half a second to every prediction on a quiet
+    # stream (bench/latency.py).
+    fetch_max_wait_ms: int = Field(100, ge=0)
     producer_linger_ms: int = Field(5, ge=0)
     producer_batch_bytes: int = Field(262144, ge=1024)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
