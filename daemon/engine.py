@@ -359,6 +359,13 @@ class OnlineLearner:
         if wait_ms and expired and not self.train():
             self._batch_opened_at = None
 
+    def batch_due_in(self) -> float | None:
+        """Return seconds until the wall-clock batch close (<= 0: due), or None if none is set."""
+        wait_ms = self._stream.max_batch_wait_ms
+        if not wait_ms or self._batch_opened_at is None:
+            return None
+        return self._batch_opened_at + wait_ms / 1000 - self._clock()
+
     def drain(self) -> None:
         """Train every trainable event, parked keys' too, and publish every waiting prediction.
 

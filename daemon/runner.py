@@ -130,7 +130,12 @@ class Runner:
     # ---- one turn -----------------------------------------------------------------------
 
     def _poll_once(self) -> None:
-        messages = self._source.poll(self._kafka.poll_timeout_ms)
+        timeout_ms = self._kafka.poll_timeout_ms
+        due_in = self._learner.batch_due_in()
+        if due_in is not None:
+            # Wake up when the open batch is due, not a whole poll timeout later.
+            timeout_ms = max(0, min(timeout_ms, int(due_in * 1000) + 1))
+        messages = self._source.poll(timeout_ms)
         self._check_connection(bool(messages))
         steps_before, sent_before = self._learner.step, self.predictions_sent
         for raw in messages:

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
-import uuid
 
 import pytest
+from daemon_helpers import daemon_settings
 
 from daemon.app import build_daemon
 from daemon.kafka_io import produce_values, read_all
-from daemon.settings import (
-    KafkaSettings,
-    MetricsSettings,
-    ModelSettings,
-    Settings,
-    SnapshotSettings,
-    StreamSettings,
-)
+from daemon.settings import Settings, StreamSettings
 
 pytestmark = pytest.mark.integration
 
@@ -27,20 +20,8 @@ DAYS = 12
 
 
 def _settings(bootstrap: str, snapshot_dir) -> Settings:
-    tag = uuid.uuid4().hex[:10]
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            input_topic=f"in-{tag}",
-            predictions_topic=f"pred-{tag}",
-            dead_letter_topic=f"dlq-{tag}",
-            metrics_topic=f"metrics-{tag}",
-            group_id=f"g-{tag}",
-        ),
-        model=ModelSettings(n_features=2, n_targets=1, units=8, batch_size=4, window=4),
-        stream=StreamSettings(max_batch_wait_ms=0, max_event_bytes=2048),
-        metrics=MetricsSettings(host="127.0.0.1", port=0, every_steps=5),
-        snapshot=SnapshotSettings(directory=snapshot_dir),
+    return daemon_settings(
+        bootstrap, snapshot_dir, stream=StreamSettings(max_batch_wait_ms=0, max_event_bytes=2048)
     )
 
 

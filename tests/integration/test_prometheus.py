@@ -11,22 +11,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import daemon_settings
 
 from daemon.app import build_daemon
 from daemon.kafka_io import client_options, produce_values
 from daemon.settings import (
-    KafkaSettings,
-    MetricsSettings,
-    ModelSettings,
     Settings,
-    SnapshotSettings,
-    StreamSettings,
 )
 
 pytestmark = pytest.mark.integration
@@ -144,21 +139,7 @@ class PrometheusServer:
 
 
 def _settings(bootstrap: str, snapshot_dir: Path) -> Settings:
-    tag = uuid.uuid4().hex[:10]
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=bootstrap,
-            input_topic=f"in-{tag}",
-            predictions_topic=f"pred-{tag}",
-            dead_letter_topic=f"dlq-{tag}",
-            metrics_topic=f"metrics-{tag}",
-            group_id=f"g-{tag}",
-        ),
-        model=ModelSettings(n_features=2, n_targets=1, units=8, batch_size=4, window=4),
-        stream=StreamSettings(max_batch_wait_ms=0),
-        metrics=MetricsSettings(host="127.0.0.1", port=0, every_steps=5),
-        snapshot=SnapshotSettings(directory=snapshot_dir),  # never the working directory's
-    )
+    return daemon_settings(bootstrap, snapshot_dir)
 
 
 def _stream() -> list[tuple[bytes | None, bytes]]:
