@@ -204,9 +204,10 @@ class StatefulLSTM:
             preds, new = self._forward(x, mask, states, training=True)
             loss = masked_mse(y, preds, mask)
         grads = tape.gradient(loss, variables)
-        finite = tf.math.is_finite(loss)
-        for grad in grads:
-            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
+        # One fused reduction: the global norm is finite only if every gradient is.
+        finite = tf.logical_and(
+            tf.math.is_finite(loss), tf.math.is_finite(tf.linalg.global_norm(grads))
+        )
 
         def update() -> tf.Tensor:
             self.optimizer.apply(grads, variables)
