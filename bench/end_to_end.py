@@ -1,6 +1,6 @@
 """End-to-end events/s through lstmd vs a tuned raw kafka-python pipe, on the embedded broker.
 
-Run: .venv/bin/python bench/end_to_end.py [--events 20000] [--variants base,orjson,...]
+Run: .venv/bin/python bench/end_to_end.py [--events 20000] [--variants base,linger,...]
 
 One embedded broker (Tansu) for the whole run. Every measurement runs in its own subprocess
 (TensorFlow's thread pools can only be set before it runs an op) against its own topics:
@@ -17,11 +17,10 @@ One embedded broker (Tansu) for the whole run. Every measurement runs in its own
 
 Variants (levers, monkeypatched in the child; daemon/ is untouched):
   base      lstmd as shipped
-  orjson    orjson.loads in decode_event, orjson.dumps in encode_prediction
   linger    producer_linger_ms=20, producer_batch_bytes=1 MiB (shipped: 5 ms, 256 KiB)
   1thread   TensorFlow intra-op = inter-op = 1 thread
   nocrc     pure-Python CRC-32C in kafka-python (what the `crc32c` C extension saves)
-  all       orjson + linger + 1thread
+  all       linger + 1thread
   profile   base under pyinstrument: the time split and the inference-pass count
 """
 
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_VARIANTS = "base,orjson,linger,1thread,nocrc,all,base,profile"
+DEFAULT_VARIANTS = "base,linger,1thread,nocrc,all,base,profile"
 
 RAW_CONFIGS = {
     # name: (consumer options, producer options)
@@ -183,43 +182,6 @@ def apply_levers(variant: str) -> None:
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    if variant in ("orjson", "all"):
-        import math
-
-        import orjson
-
-        import daemon.events
-        import daemon.runner
-
-        class _Json:
-            JSONDecodeError = orjson.JSONDecodeError
-
-            @staticmethod
-            def loads(value, parse_constant=None):  # orjson rejects NaN/Infinity itself
-                return orjson.loads(value)
-
-        daemon.events.json = _Json
-
-        def floats(values):
-            return [float(v) if math.isfinite(v) else None for v in values]
-
-        def encode_prediction(prediction, topic, snapshot_id):
-            return orjson.dumps(
-                {
-                    "key": prediction.key,
-                    "ts": prediction.ts,
-                    "source_topic": topic,
-                    "source_partition": prediction.partition,
-                    "source_offset": prediction.offset,
-                    "mode": prediction.mode,
-                    "prediction": floats(prediction.prediction),
-                    "target": None if prediction.target is None else floats(prediction.target),
-                    "model_step": prediction.step,
-                    "snapshot_id": snapshot_id,
-                }
-            )
-
-        daemon.runner.encode_prediction = encode_prediction
     if variant == "nocrc":
         import kafka.record.default_records as dr
         from kafka.record._crc32c import crc as crc32c_py

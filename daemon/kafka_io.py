@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -288,6 +289,7 @@ class Publisher:
         self._failed_at_flush = 0
         self._retry: list[tuple] = []  # records to send again at the next flush
         self.truncated = 0  # dead-letter payloads cut to kafka.dead_letter_max_bytes
+        self.failed_by_topic: Counter[str] = Counter()
 
     def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(
@@ -385,6 +387,7 @@ class Publisher:
             self.failed += 1
             self.last_error = exc
             if record is not None:
+                self.failed_by_topic[record[0]] += 1
                 self._retry.append(record)
 
 

@@ -99,6 +99,8 @@ class Runner:
         self._seen_evictions = 0
         self._seen_parked_dropped = 0
         self._seen_nonfinite = 0
+        self._seen_failed: Counter[str] = Counter()
+        self._latest_ts = math.inf  # events stamped later are dead-lettered (future_ts)
         self._last_metrics_step = 0
         self._lag: dict[PartitionKey, int] = {}
         now = clock()
@@ -136,6 +138,9 @@ class Runner:
             # Wake up when the open batch is due, not a whole poll timeout later.
             timeout_ms = max(0, min(timeout_ms, int(due_in * 1000) + 1))
         messages = self._source.poll(timeout_ms)
+        if self._settings.stream.max_future_s:
+            # Once per poll, not per event: a poll takes well under the tolerance.
+            self._latest_ts = time.time() + self._settings.stream.max_future_s
         self._check_connection(bool(messages))
         steps_before, sent_before = self._learner.step, self.predictions_sent
         for raw in messages:
@@ -184,9 +189,13 @@ class Runner:
         self.consumed += 1
         self._metrics.events_consumed.inc()
         model, stream = self._settings.model, self._settings.stream
-        latest = time.time() + stream.max_future_s if stream.max_future_s else math.inf
         result: Event | Rejection | None = decode_event(
-            raw.value, raw.key, model.n_features, model.n_targets, stream.max_event_bytes, latest
+            raw.value,
+            raw.key,
+            model.n_features,
+            model.n_targets,
+            stream.max_event_bytes,
+            self._latest_ts,
         )
         if isinstance(result, Event):
             result = self._learner.ingest(result, raw.partition, raw.offset)
@@ -311,7 +320,7 @@ class Runner:
             self._snapshot_failed(reason, str(exc))
             return False
         if failures:
-            self._metrics.predictions_failed.inc(failures)
+            self._count_failed_deliveries()
             self._snapshot_failed(reason, f"{failures} records not acknowledged by the broker")
             return False
         unchanged = (
@@ -350,6 +359,15 @@ class Runner:
         )
         self._commit(info.offsets)
         return True
+
+    def _count_failed_deliveries(self) -> None:
+        failed = self._publisher.failed_by_topic
+        for topic, metric in (
+            (self._kafka.predictions_topic, self._metrics.predictions_failed),
+            (self._kafka.dead_letter_topic, self._metrics.dead_letters_failed),
+        ):
+            metric.inc(failed[topic] - self._seen_failed[topic])
+            self._seen_failed[topic] = failed[topic]
 
     def _snapshot_failed(self, reason: str, problem: str) -> None:
         """Back off (1 s, 2 s, ... capped) and log the first failure of a streak only."""

@@ -227,10 +227,6 @@ class Settings(BaseSettings):
         # Environment wins over explicit values (the TOML file arrives as init values).
         return env_settings, init_settings
 
-    @property
-    def forecast_targets(self) -> int:
-        return self.model.n_targets
-
 
 def _first_error_line(err: ValidationError) -> str:
     first = err.errors()[0]

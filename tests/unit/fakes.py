@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 TOPIC = "lstmd-events"
@@ -76,6 +77,7 @@ class FakePublisher:
     failing: int = 0
     flushes: int = 0
     truncated: int = 0
+    failed_by_topic: Counter = field(default_factory=Counter)
 
     def send(self, topic, key, value, headers=None) -> None:
         self.sent.append((topic, key, value))
@@ -87,6 +89,7 @@ class FakePublisher:
         self.flushes += 1
         if self.failing:
             self.failing -= 1
+            self.failed_by_topic["lstmd-predictions"] += 1
             return 1
         return 0
 
