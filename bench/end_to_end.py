@@ -7,7 +7,7 @@ One embedded broker (Tansu) for the whole run. Every measurement runs in its own
 
 * lstmd variants: `build_daemon(settings, options, serve_http=False)`, the consumer group is
   joined first on an empty input topic (a join takes ~3 s on Tansu and is not throughput), then
-  N demo events (`daemon.datasets.load_birthdays(limit=N)`, 51 keys over 32 slots, forecast
+  N demo events (`daemon.tools.datasets.load_birthdays(limit=N)`, 51 keys over 32 slots, forecast
   mode) are produced, and the clock runs from the start of `runner.run(...)` until every event
   is consumed and its prediction acknowledged by the broker (a producer flush). Snapshots are
   off during the run (every_steps huge, every_s 0); the shutdown snapshot is timed separately.
@@ -67,7 +67,7 @@ RAW_CONFIGS = {
 
 
 def demo_messages(n: int) -> tuple[list[tuple[bytes, bytes]], int]:
-    from daemon.datasets import load_birthdays
+    from daemon.tools.datasets import load_birthdays
 
     data = load_birthdays(limit=n)
     return list(data.messages), data.n_features()
@@ -85,7 +85,7 @@ def options_for(bootstrap: str) -> dict:
 def child_raw(bootstrap: str, n: int) -> dict:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from daemon.kafka_io import ensure_topics, produce_values
+    from daemon.edges.kafka_io import ensure_topics, produce_values
 
     options = options_for(bootstrap)
     messages, _ = demo_messages(n)
@@ -130,7 +130,7 @@ def child_raw(bootstrap: str, n: int) -> dict:
             consumer.close(autocommit=False)
             producer.close()
     # producer.send alone: lstmd's Publisher (two callbacks per record) vs a bare producer
-    from daemon.kafka_io import Publisher
+    from daemon.edges.kafka_io import Publisher
     from daemon.settings import KafkaSettings
 
     value = messages[0][1]
@@ -191,8 +191,8 @@ def apply_levers(variant: str) -> None:
 
 def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
     apply_levers(variant)
-    from daemon.app import build_daemon
-    from daemon.kafka_io import client_options, produce_values
+    from daemon.edges.kafka_io import client_options, produce_values
+    from daemon.service.app import build_daemon
     from daemon.settings import (
         KafkaSettings,
         MetricsSettings,
@@ -361,9 +361,9 @@ def micro(messages: list[tuple[bytes, bytes]], n_features: int) -> dict:
     import numpy as np
     import orjson
 
-    from daemon.engine import Prediction
-    from daemon.events import decode_event
-    from daemon.outputs import encode_prediction
+    from daemon.core.events import decode_event
+    from daemon.core.learner import Prediction
+    from daemon.core.records import encode_prediction
 
     values = [v for _, v in messages[:20000]]
     keys = [k for k, _ in messages[:20000]]
@@ -461,7 +461,7 @@ def main() -> int:
         print("RESULT " + json.dumps(child_lstmd(args.bootstrap, args.events, args.child)))
         return 0
 
-    from daemon.embedded import EmbeddedBroker
+    from daemon.edges.embedded import EmbeddedBroker
 
     n = args.events
     messages, n_features = demo_messages(n)

@@ -159,8 +159,8 @@ def settings_for(bootstrap: str, directory: Path):
 
 
 def joined_daemon(settings):
-    from daemon.app import build_daemon
-    from daemon.kafka_io import client_options
+    from daemon.edges.kafka_io import client_options
+    from daemon.service.app import build_daemon
 
     options = client_options(settings.kafka, settings.kafka.bootstrap_servers)
     daemon = build_daemon(settings, options, serve_http=False)
@@ -190,7 +190,7 @@ def joined_daemon(settings):
 
 
 def max_rate(bootstrap: str, keys: int, backlog: int) -> float:
-    from daemon.kafka_io import produce_values
+    from daemon.edges.kafka_io import produce_values
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(bootstrap, Path(tmp))
@@ -220,18 +220,18 @@ def measure(bootstrap: str, variant: str, rate: float, args) -> dict:
     monkeypatched into lstmd's EventSource; kafka-python's default is 500)."""
     import functools
 
-    import daemon.kafka_io
+    import daemon.edges.kafka_io
 
     mode, _, lever = variant.partition("@")
-    original_consumer = daemon.kafka_io.KafkaConsumer
+    original_consumer = daemon.edges.kafka_io.KafkaConsumer
     if lever.startswith("fetch"):
-        daemon.kafka_io.KafkaConsumer = functools.partial(
+        daemon.edges.kafka_io.KafkaConsumer = functools.partial(
             original_consumer, fetch_max_wait_ms=int(lever[len("fetch") :])
         )
     try:
         return _measure(bootstrap, mode, rate, args)
     finally:
-        daemon.kafka_io.KafkaConsumer = original_consumer
+        daemon.edges.kafka_io.KafkaConsumer = original_consumer
 
 
 def _measure(bootstrap: str, mode: str, rate: float, args) -> dict:
@@ -294,7 +294,7 @@ def main() -> int:
         print("RESULT " + json.dumps(load_child(args)), flush=True)
         return 0
 
-    from daemon.embedded import EmbeddedBroker
+    from daemon.edges.embedded import EmbeddedBroker
 
     with EmbeddedBroker(port=0) as broker:
         peak = max_rate(broker.bootstrap, args.keys, args.backlog)

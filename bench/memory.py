@@ -25,9 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np
 
-from daemon.engine import OnlineLearner
-from daemon.events import Event
-from daemon.model import StatefulLSTM
+from daemon.core.events import Event
+from daemon.core.learner import OnlineLearner
+from daemon.model.lstm import StatefulLSTM
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
 SECOND_EVENT_LAG = 40  # keys between a key's first and second event (> 32 slots: it is parked)

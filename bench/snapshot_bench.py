@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from daemon.checkpointing import Checkpointer
-from daemon.engine import OnlineLearner
-from daemon.learner_state import import_learner
-from daemon.model import StatefulLSTM
+from daemon.core.learner import OnlineLearner
+from daemon.core.learner_state import import_learner
+from daemon.model.lstm import StatefulLSTM
+from daemon.persist.checkpointing import Checkpointer
+from daemon.persist.snapshots import SnapshotStore
 from daemon.settings import ModelSettings, Settings, StreamSettings
-from daemon.snapshots import SnapshotStore
 
 
 def synthetic_state(settings: Settings, parked: int) -> tuple[dict, dict]:

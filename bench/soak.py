@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemon.embedded import EmbeddedBroker
-from daemon.kafka_io import client_options, ensure_topics, produce_values, read_all
+from daemon.edges.embedded import EmbeddedBroker
+from daemon.edges.kafka_io import client_options, ensure_topics, produce_values, read_all
 from daemon.settings import KafkaSettings
 
 TOPICS = ("soak-in", "soak-pred", "soak-dlq", "soak-metrics")

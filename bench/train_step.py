@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/train_step.py [--seconds 0.5] [--rounds 5] [--sizes 
 
 Compares, per size (B x T, F=8, units=64, one target) and in the same process:
 
-* lstmd      `daemon.model.StatefulLSTM.train_step` (one traced tf.function, explicit states,
+* lstmd      `daemon.model.lstm.StatefulLSTM.train_step` (one traced tf.function, explicit states,
              unrolled time loop), called with numpy arrays exactly as the learner calls it;
 * eager      the seed-style loop: a Keras 3 `LSTM(stateful=True)` model built with
              `keras.Input(batch_shape=...)`, `tf.GradientTape`, `model(x)` per batch and
@@ -47,7 +47,7 @@ def xla_model(cls, settings):
     """Build StatefulLSTM with its steps traced under jit_compile=True (monkeypatch, bench only)."""
     import tensorflow as tf
 
-    import daemon.model as dm
+    import daemon.model.lstm as dm
 
     original = dm.tf.function
 
@@ -69,7 +69,7 @@ def measure_size(b: int, t: int, full: bool, seconds: float, rounds: int, rng) -
     import numpy as np
     import tensorflow as tf
 
-    from daemon.model import StatefulLSTM
+    from daemon.model.lstm import StatefulLSTM
     from daemon.settings import ModelSettings
 
     x = rng.normal(size=(b, t, F)).astype(np.float32)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from daemon import __version__
-from daemon.logs import configure_logging
+from daemon.service.logs import configure_logging
 from daemon.settings import Settings, SettingsError, load_settings, masked_dump
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -136,9 +136,9 @@ def _columns(text: str) -> tuple[str, ...]:
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.kafka_io import client_options, ensure_topics, produce_values
-    from daemon.progress import Progress
-    from daemon.replay import csv_messages
+    from daemon.edges.kafka_io import client_options, ensure_topics, produce_values
+    from daemon.tools.progress import Progress
+    from daemon.tools.replay import csv_messages
 
     try:
         messages = csv_messages(args.csv, args.key, args.ts, args.features, args.target)
@@ -158,8 +158,8 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _list_snapshots(settings: Settings, as_json: bool) -> int:
-    from daemon.checkpointing import describe
-    from daemon.snapshots import SnapshotStore
+    from daemon.persist.checkpointing import describe
+    from daemon.persist.snapshots import SnapshotStore
 
     rows = [describe(info) for info in SnapshotStore(settings.snapshot.directory, 1).list()]
     if as_json:
@@ -181,7 +181,7 @@ def _list_snapshots(settings: Settings, as_json: bool) -> int:
 
 
 def _export(settings: Settings, snapshot_id: str, out: Path) -> int:
-    from daemon.export import ExportError, export_snapshot
+    from daemon.model.export import ExportError, export_snapshot
 
     try:
         written = export_snapshot(settings.snapshot.directory, snapshot_id, out)
@@ -193,7 +193,7 @@ def _export(settings: Settings, snapshot_id: str, out: Path) -> int:
 
 
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.evaluate import MODELS, run_evaluation
+    from daemon.evaluation.evaluate import MODELS, run_evaluation
 
     out = args.out or Path("reports") / args.dataset
     try:
@@ -225,7 +225,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(masked_dump(settings), indent=2))
         return EXIT_OK
     if args.command == "run":
-        from daemon.app import StartupError, run_daemon
+        from daemon.service.app import StartupError, run_daemon
 
         try:
             return run_daemon(settings)
@@ -233,7 +233,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
             print(f"lstmd: {exc}", file=sys.stderr)
             return EXIT_USAGE
     if args.command == "demo":
-        from daemon.demo import run_demo
+        from daemon.tools.demo import run_demo
 
         return run_demo(settings, args.events, args.bad_events, args.summary_json)
     return _produce(settings, args)

@@ -1,5 +1,5 @@
 """Process options that must be set before TensorFlow is imported by any test."""
 
-from daemon.app import configure_tensorflow
+from daemon.model.environment import configure_tensorflow
 
 configure_tensorflow()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from daemon.embedded import EmbeddedBroker
-from daemon.kafka_io import client_options, ensure_topics
+from daemon.edges.embedded import EmbeddedBroker
+from daemon.edges.kafka_io import client_options, ensure_topics
 from daemon.settings import KafkaSettings
 
 TopicFactory = Callable[..., str]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.kafka_io import EventSource, client_options, read_all
+from daemon.edges.kafka_io import EventSource, client_options, read_all
 from daemon.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration

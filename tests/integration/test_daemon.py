@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from daemon_helpers import daemon_settings
 
-from daemon.app import build_daemon
-from daemon.kafka_io import produce_values, read_all
+from daemon.edges.kafka_io import produce_values, read_all
+from daemon.service.app import build_daemon
 from daemon.settings import Settings, StreamSettings
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def _stream() -> tuple[list[tuple[bytes | None, bytes]], dict[int, str]]:
 @pytest.fixture(scope="module")
 def daemon_run(broker, tmp_path_factory):
     settings = _settings(broker.bootstrap, tmp_path_factory.mktemp("snapshots"))
-    from daemon.kafka_io import client_options
+    from daemon.edges.kafka_io import client_options
 
     options = client_options(settings.kafka, broker.bootstrap)
     messages, bad_at = _stream()

@@ -9,8 +9,8 @@ import threading
 import pytest
 from daemon_helpers import daemon_settings, http_status, wait_for
 
-from daemon.app import build_daemon
-from daemon.kafka_io import client_options, produce_values
+from daemon.edges.kafka_io import client_options, produce_values
+from daemon.service.app import build_daemon
 from daemon.settings import (
     HealthSettings,
     ModelSettings,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from daemon.embedded import EmbeddedBroker
-from daemon.kafka_io import (
+from daemon.edges.embedded import EmbeddedBroker
+from daemon.edges.kafka_io import (
     EventSource,
     Publisher,
     RawMessage,

@@ -11,9 +11,9 @@ import time
 import pytest
 from daemon_helpers import daemon_settings, http_status, wait_for
 
-from daemon.app import build_daemon, topics
-from daemon.embedded import EmbeddedBroker
-from daemon.kafka_io import client_options, ensure_topics, produce_values, read_all
+from daemon.edges.embedded import EmbeddedBroker
+from daemon.edges.kafka_io import client_options, ensure_topics, produce_values, read_all
+from daemon.service.app import build_daemon, topics
 from daemon.settings import (
     ModelSettings,
     SnapshotSettings,

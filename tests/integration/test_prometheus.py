@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from daemon_helpers import daemon_settings
 
-from daemon.app import build_daemon
-from daemon.kafka_io import client_options, produce_values
+from daemon.edges.kafka_io import client_options, produce_values
+from daemon.service.app import build_daemon
 from daemon.settings import (
     Settings,
 )

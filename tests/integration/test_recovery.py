@@ -20,17 +20,17 @@ import h5py
 import numpy as np
 import pytest
 
-from daemon.app import build_daemon
-from daemon.checkpointing import LEARNER_ARRAYS, LEARNER_META, WEIGHTS, load_npz
-from daemon.kafka_io import (
+from daemon.edges.kafka_io import (
     client_options,
     committed_offsets,
     ensure_topics,
     produce_values,
     read_all,
 )
+from daemon.persist.checkpointing import LEARNER_ARRAYS, LEARNER_META, WEIGHTS, load_npz
+from daemon.persist.snapshots import SnapshotStore
+from daemon.service.app import build_daemon
 from daemon.settings import KafkaSettings, load_settings
-from daemon.snapshots import SnapshotStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 

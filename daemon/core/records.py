@@ -1,0 +1,46 @@
+"""Output records: the JSON of prediction and metrics-topic messages. Pure."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import orjson
+
+from daemon.core.learner import Prediction
+
+
+def _floats(values: Any) -> list[float | None]:
+    # JSON has no NaN: a non-finite prediction is published as null rather than invalid JSON.
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
+def encode_prediction(prediction: Prediction, topic: str, snapshot_id: str | None) -> bytes:
+    """Serialise one prediction as the predictions topic's JSON (DESIGN §7)."""
+    record = {
+        "key": prediction.key,
+        "ts": prediction.ts,
+        "source_topic": topic,
+        "source_partition": prediction.partition,
+        "source_offset": prediction.offset,
+        "mode": prediction.mode,
+        "prediction": _floats(prediction.prediction),
+        "target": None if prediction.target is None else _floats(prediction.target),
+        "model_step": prediction.step,
+        "snapshot_id": snapshot_id,
+    }
+    return orjson.dumps(record)
+
+
+def encode_metrics(fields: dict[str, Any]) -> bytes:
+    """Serialise one metrics-topic message; non-finite numbers become null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(clean(fields), separators=(",", ":")).encode()

@@ -1,0 +1,147 @@
+"""Checkpointing: save and restore the model, the optimizer and the learner as one snapshot.
+
+The model is injected (anything with `save_weights`, `load_weights`, `optimizer_state` and
+`set_optimizer_state`), so this module imports no TensorFlow; the files go through
+`SnapshotStore`, which makes the write atomic and verifies it on the way back.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from daemon.core.learner import OnlineLearner
+from daemon.core.learner_state import export_learner, import_learner
+from daemon.persist.snapshots import SnapshotInfo, SnapshotStore
+from daemon.settings import ModelSettings
+
+log = logging.getLogger("lstmd.checkpointing")
+
+WEIGHTS = "model.weights.h5"  # the Keras weights format
+OPTIMIZER = "optimizer.npz"
+LEARNER_ARRAYS = "learner.npz"
+LEARNER_META = "learner.json"
+
+
+class CheckpointModel(Protocol):
+    def save_weights(self, path: Path) -> None: ...
+    def load_weights(self, path: Path) -> None: ...
+    def optimizer_state(self) -> dict[str, np.ndarray]: ...
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of an `.npz` file, refusing pickled objects."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+class Checkpointer:
+    """Write and read whole-daemon snapshots: weights, optimizer, learner state, offsets."""
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        learner: OnlineLearner,
+        model: CheckpointModel,
+        model_settings: ModelSettings,
+    ) -> None:
+        self.store = store
+        self._learner = learner
+        self._model = model
+        self._shape = model_settings.shape()
+
+    def save(self, offsets: dict[int, int]) -> SnapshotInfo:
+        """Write one snapshot of the current state, reflecting `offsets` (partition → next)."""
+        collecting = gc.isenabled()
+        gc.disable()  # the export builds large lists of small objects, none of them garbage
+        try:
+            arrays, meta = export_learner(self._learner)
+        finally:
+            if collecting:
+                gc.enable()
+        optimizer = self._model.optimizer_state()
+        names = sorted(optimizer)
+        meta["optimizer_variables"] = names
+        writers = {
+            WEIGHTS: self._model.save_weights,
+            OPTIMIZER: lambda p: _save_npz(p, {f"v{i}": optimizer[n] for i, n in enumerate(names)}),
+            LEARNER_ARRAYS: lambda p: _save_npz(p, arrays),
+            LEARNER_META: lambda p: p.write_text(json.dumps(meta), encoding="utf-8"),
+        }
+        return self.store.write(self._learner.step, offsets, self._shape, writers)
+
+    def rollback(self) -> SnapshotInfo | None:
+        """Replace the learner's and the model's state by the newest valid snapshot's.
+
+        Returns:
+            The snapshot rolled back to, or None when there is none (nothing is changed then).
+        """
+        info, _ = self.store.newest_valid(self._shape)
+        if info is None:
+            return None
+        self._learner.reset()
+        restored, _ = self.restore()
+        return restored
+
+    def restore(self) -> tuple[SnapshotInfo | None, list[tuple[str, str]]]:
+        """Load the newest usable snapshot into the model and the learner.
+
+        A snapshot that verifies but cannot be loaded (written by an incompatible version, say)
+        is skipped like a damaged one, and nothing of it stays loaded.
+
+        Returns:
+            (the snapshot loaded or None, [(id, problem)] of newer snapshots skipped).
+
+        Raises:
+            ShapeMismatch: the newest valid snapshot has other model-shape settings.
+        """
+        initial = self._model.get_weights(), self._model.optimizer_state()
+        skipped: list[tuple[str, str]] = []
+        for info in self.store.candidates(self._shape, skipped):
+            try:
+                self._load(info)
+            except (KeyError, ValueError, TypeError, OSError) as exc:
+                self.store.skip(skipped, info.snapshot_id, f"cannot be loaded: {exc!r}"[:300])
+                self._learner.reset()
+                self._model.set_weights(initial[0])
+                self._model.set_optimizer_state(initial[1])
+                continue
+            return info, skipped
+        return None, skipped
+
+    def _load(self, info: SnapshotInfo) -> None:
+        meta = json.loads((info.path / LEARNER_META).read_text(encoding="utf-8"))
+        saved = load_npz(info.path / OPTIMIZER)
+        arrays = load_npz(info.path / LEARNER_ARRAYS)
+        names: list[str] = meta.pop("optimizer_variables")
+        optimizer = {n: saved[f"v{i}"] for i, n in enumerate(names)}
+        self._model.load_weights(info.path / WEIGHTS)
+        self._model.set_optimizer_state(optimizer)
+        import_learner(self._learner, arrays, meta, time.monotonic())
+
+
+def describe(info: SnapshotInfo) -> dict[str, Any]:
+    """Return a snapshot's listing row: id, step, time, offsets, size, validity."""
+    return {
+        "id": info.snapshot_id,
+        "step": info.step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.created))
+        if info.created
+        else None,
+        "offsets": info.offsets,
+        "bytes": info.size_bytes,
+        "valid": info.valid,
+        "problem": info.problem or None,
+    }

@@ -1,0 +1,192 @@
+"""Wiring: build the broker connection, the model, the learner and the runner from settings."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.core.learner import OnlineLearner
+from daemon.edges.embedded import EmbeddedBroker
+from daemon.edges.http import EndpointServer
+from daemon.edges.kafka_io import EventSource, Publisher, client_options, ensure_topics
+from daemon.model.environment import configure_tensorflow
+from daemon.persist.checkpointing import Checkpointer
+from daemon.persist.snapshots import ShapeMismatch, SnapshotStore
+from daemon.service.health import Health
+from daemon.service.metrics import DaemonMetrics
+from daemon.service.runner import Runner
+from daemon.settings import Settings
+
+log = logging.getLogger("lstmd.app")
+
+
+class StartupError(Exception):
+    """The daemon cannot start as configured; the message is one line that says why."""
+
+
+def topics(settings: Settings) -> list[str]:
+    """Return every topic the daemon reads or writes."""
+    k = settings.kafka
+    return [k.input_topic, k.predictions_topic, k.dead_letter_topic, k.metrics_topic]
+
+
+@contextlib.contextmanager
+def kafka_connection(settings: Settings, embedded_port: int | None = None) -> Iterator[dict]:
+    """Yield client options for the configured cluster, or for an embedded broker we start.
+
+    Args:
+        settings: the frozen settings.
+        embedded_port: overrides `kafka.embedded_port` (the demo passes 0 for a free port).
+    """
+    if settings.kafka.bootstrap_servers:
+        yield client_options(settings.kafka, settings.kafka.bootstrap_servers)
+        return
+    port = settings.kafka.embedded_port if embedded_port is None else embedded_port
+    with EmbeddedBroker(port=port) as broker:
+        log.info("embedded broker started", extra={"bootstrap": broker.bootstrap})
+        yield client_options(settings.kafka, broker.bootstrap)
+
+
+@dataclass
+class Daemon:
+    """A built daemon: the runner and what must be closed with it."""
+
+    runner: Runner
+    learner: OnlineLearner
+    metrics: DaemonMetrics
+    model: Any
+    endpoints: EndpointServer | None
+
+    def close(self) -> None:
+        if self.endpoints is not None:
+            self.endpoints.close()
+
+
+def restore_state(
+    settings: Settings, checkpointer: Checkpointer, metrics: DaemonMetrics
+) -> dict[int, int]:
+    """Load the newest valid snapshot; return the offsets it reflects ({} when none).
+
+    Raises:
+        StartupError: snapshots exist but none is valid (and `snapshot.start_fresh` is off), or
+            the newest valid one was made with other model-shape settings.
+    """
+    directory = settings.snapshot.directory
+    try:
+        info, skipped = checkpointer.restore()
+    except ShapeMismatch as exc:
+        raise StartupError(f"{exc}; move {directory} away or restore the settings") from None
+    if info is None:
+        if skipped and not settings.snapshot.start_fresh:
+            newest_id, problem = skipped[0]
+            raise StartupError(
+                f"no valid snapshot in {directory}: {len(skipped)} damaged, newest {newest_id}: "
+                f"{problem}; set snapshot.start_fresh=true to start from zero"
+            )
+        log.info("no snapshot; starting from zero state", extra={"directory": str(directory)})
+        return {}
+    if skipped:
+        metrics.snapshot_fallbacks.inc()
+        log.warning(
+            "fell back to an older snapshot",
+            extra={"snapshot": info.snapshot_id, "skipped": [sid for sid, _ in skipped]},
+        )
+    log.info(
+        "snapshot restored",
+        extra={"snapshot": info.snapshot_id, "step": info.step, "offsets": info.offsets},
+    )
+    return dict(info.offsets)
+
+
+def check_snapshot_directory(directory: Path) -> None:
+    """Make sure snapshots can be written before anything else starts.
+
+    Raises:
+        StartupError: one line naming `snapshot.directory` and why it cannot be used.
+    """
+    probe = directory / ".lstmd-write-probe"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"invalid setting snapshot.directory: {directory} is not writable: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> Daemon:
+    """Create topics, restore the newest snapshot, and build the Kafka clients and the runner."""
+    check_snapshot_directory(settings.snapshot.directory)
+    configure_tensorflow()
+    from daemon.model.lstm import StatefulLSTM  # TensorFlow loads only when a daemon is built
+
+    model = StatefulLSTM(settings.model)
+    learner = OnlineLearner(settings, model)
+    snapshot = settings.snapshot
+    store = SnapshotStore(snapshot.directory, snapshot.keep, snapshot.pause_before_rename_s)
+    checkpointer = Checkpointer(store, learner, model, settings.model)
+    metrics = DaemonMetrics()
+    metrics.set_model_info(settings.model)
+    health = Health(settings.health.stall_s, time.monotonic())
+    restored = restore_state(settings, checkpointer, metrics)
+    health.set_restored(True)
+    ensure_topics(options, topics(settings))
+    holder: dict[str, Any] = {}
+
+    def on_assign(partitions: set) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
+        holder["runner"].on_assign(partitions)
+
+    def on_revoke(partitions: set) -> None:
+        if not partitions:
+            return  # the first join revokes nothing
+        log.info("partitions revoked", extra={"partitions": sorted(p for _, p in partitions)})
+        if "runner" in holder:
+            holder["runner"].snapshot("revoke")
+
+    source = EventSource(options, settings.kafka, on_assign=on_assign, on_revoke=on_revoke)
+    publisher = Publisher(options, settings.kafka)
+    runner = Runner(settings, source, publisher, learner, metrics, checkpointer, health, restored)
+    holder["runner"] = runner
+    endpoints = None
+    if serve_http:
+        endpoints = EndpointServer(
+            settings.metrics.host,
+            settings.metrics.port,
+            metrics.registry,
+            health=lambda: health.liveness(time.monotonic()),
+            ready=health.readiness,
+        )
+        log.info("http endpoints serving", extra={"port": endpoints.port})
+    return Daemon(runner, learner, metrics, model, endpoints)
+
+
+def install_signal_handlers(runner: Runner) -> None:
+    """Make SIGTERM and SIGINT finish the current poll, snapshot, commit and exit 0."""
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        runner.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def run_daemon(settings: Settings) -> int:
+    """Run `lstmd run` until a signal; return the exit code."""
+    with kafka_connection(settings) as options:
+        daemon = build_daemon(settings, options)
+        install_signal_handlers(daemon.runner)
+        try:
+            daemon.runner.run()
+        finally:
+            daemon.close()
+    return 0

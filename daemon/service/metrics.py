@@ -1,0 +1,208 @@
+"""Prometheus metrics: the only module that defines them.
+
+Metrics never open sockets; `daemon.edges.http` serves them. Every metric takes the registry it
+is given, so tests build a fresh `CollectorRegistry()` and read values with
+`registry.get_sample_value(...)`. No label ever carries a stream key (cardinality stays bounded):
+the only labels are a rejection or reset reason (closed enums), a model name, an input partition
+number, and the constant build and model info.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
+
+from daemon import __version__
+from daemon.core.events import Reason
+from daemon.core.slots import ResetReason
+from daemon.settings import ModelSettings
+
+# Train steps take milliseconds on CPU; seconds means trouble.
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Forecasts publish within a poll; supervised predictions wait up to max_batch_wait_ms or longer.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A snapshot writes weights, optimiser and every key's state: from milliseconds for a few keys
+# to tens of seconds for 100k parked keys on a slow disk.
+_SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+MODEL_LABELS = ("lstmd", "naive")
+
+
+class DaemonMetrics:
+    """Every metric the daemon exports, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        # ---- input: what came in and what was turned away ----------------------------------
+        self.events_consumed = Counter(
+            "lstmd_events_consumed", "Input messages consumed.", registry=r
+        )
+        self.events_rejected = Counter(
+            "lstmd_events_rejected",
+            "Input messages dead-lettered, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        # Every reason is exported from the start at 0, so rate() sees the first rejection.
+        for reason in Reason:
+            self.events_rejected.labels(reason=reason.value)
+        self.consumer_lag = Gauge(
+            "lstmd_consumer_lag",
+            "Messages between the consumer position and the end of the log, per input partition.",
+            ["partition"],
+            registry=r,
+        )
+        self._lag_partitions: set[str] = set()
+
+        # ---- learning: train steps and how good the model is -------------------------------
+        self.train_steps = Counter("lstmd_train_steps", "Train steps run.", registry=r)
+        self.loss = Gauge(
+            "lstmd_loss", "Loss of the last train step (normalised units).", registry=r
+        )
+        self.loss.set(float("nan"))  # no step yet: 0 would read as a perfect model
+        self.nonfinite_losses = Counter(
+            "lstmd_nonfinite_losses",
+            "Train steps whose loss was NaN or infinite.",
+            registry=r,
+        )
+        self.step_duration = Histogram(
+            "lstmd_train_step_duration_seconds",
+            "Wall time of one compiled train step.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.prequential_mae = Gauge(
+            "lstmd_prequential_mae",
+            "Prequential mean absolute error over the last scored target values, "
+            "by model (lstmd or the naive baseline), in target units.",
+            ["model"],
+            registry=r,
+        )
+        for model in MODEL_LABELS:
+            # NaN until the first event is scored: no error yet is not an error of 0.
+            self.prequential_mae.labels(model=model).set(float("nan"))
+
+        # ---- output: predictions and how long they took ------------------------------------
+        self.predictions_published = Counter(
+            "lstmd_predictions_published", "Prediction messages sent.", registry=r
+        )
+        self.predictions_failed = Counter(
+            "lstmd_predictions_failed", "Prediction messages the broker did not accept.", registry=r
+        )
+        self.dead_letters_failed = Counter(
+            "lstmd_dead_letters_failed",
+            "Dead-letter messages the broker did not accept.",
+            registry=r,
+        )
+        self.latency = Histogram(
+            "lstmd_event_to_prediction_seconds",
+            "From an event's arrival at the daemon to its prediction being queued for sending.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # ---- key state: slots, parking, resets ---------------------------------------------
+        self.resets = Counter(
+            "lstmd_state_resets", "Key states set to zero, by reason.", ["reason"], registry=r
+        )
+        for reset_reason in ResetReason:
+            self.resets.labels(reason=reset_reason.value)
+        self.evictions = Counter(
+            "lstmd_slot_evictions", "Keys moved out of a slot to the parked store.", registry=r
+        )
+        self.parked_dropped = Counter(
+            "lstmd_parked_states_dropped",
+            "Parked key states dropped to stay within stream.max_parked_keys.",
+            registry=r,
+        )
+        self.parked_keys = Gauge("lstmd_parked_keys", "Keys whose state is parked.", registry=r)
+        self.active_slots = Gauge("lstmd_active_slots", "Slots bound to a key.", registry=r)
+
+        # ---- snapshots ---------------------------------------------------------------------
+        self.snapshot_duration = Histogram(
+            "lstmd_snapshot_duration_seconds",
+            "Wall time of writing one snapshot.",
+            buckets=_SNAPSHOT_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_last_success = Gauge(
+            "lstmd_snapshot_last_success_timestamp_seconds",
+            "Unix time of the last snapshot written completely; 0 before the first.",
+            registry=r,
+        )
+        self.snapshot_failures = Counter(
+            "lstmd_snapshot_failures", "Snapshots that could not be written.", registry=r
+        )
+        self.snapshot_fallbacks = Counter(
+            "lstmd_snapshot_fallbacks",
+            "Restores that skipped an unreadable newest snapshot for an older one.",
+            registry=r,
+        )
+        self.dead_letters_truncated = Counter(
+            "lstmd_dead_letters_truncated",
+            "Dead-letter payloads cut to kafka.dead_letter_max_bytes.",
+            registry=r,
+        )
+        self.broker_connected = Gauge(
+            "lstmd_broker_connected",
+            "1 while a connection to the Kafka cluster is up, 0 during an outage.",
+            registry=r,
+        )
+        self.broker_connected.set(1)
+        self.rollbacks = Counter(
+            "lstmd_rollbacks",
+            "Roll-backs to the last good snapshot after consecutive non-finite train steps.",
+            registry=r,
+        )
+
+        # ---- liveness ----------------------------------------------------------------------
+        self.loop_last_progress = Gauge(
+            "lstmd_loop_last_progress_timestamp_seconds",
+            "Unix time of the last loop turn that made progress or found nothing to consume.",
+            registry=r,
+        )
+        # Start-up counts as progress, so a daemon still joining its group is not called stalled.
+        self.loop_last_progress.set_to_current_time()
+
+        # ---- identity: what is running -----------------------------------------------------
+        self.build = Info("lstmd_build", "Version of the running daemon.", registry=r)
+        self.build.info({"version": __version__})
+        self.model_info = Info(
+            "lstmd_model", "Shape of the model being trained (constant per run).", registry=r
+        )
+        # process_start_time_seconds and resident memory: parked states grow with the key count,
+        # and the snapshot-age alert needs the start time. Standard names, hence no lstmd_ prefix.
+        ProcessCollector(registry=r)
+
+    def set_model_info(self, model: ModelSettings) -> None:
+        """Export the model's shape as `lstmd_model_info` labels."""
+        self.model_info.info(
+            {
+                "units": str(model.units),
+                "layers": str(model.layers),
+                "batch_size": str(model.batch_size),
+                "window": str(model.window),
+                "n_features": str(model.n_features),
+            }
+        )
+
+    def set_consumer_lag(self, lag: Mapping[tuple[str, int], int]) -> None:
+        """Set the lag of each assigned (topic, partition), clamped at 0, and drop the others."""
+        current = {str(partition) for _, partition in lag}
+        # A revoked partition's gauge would otherwise report its last lag forever.
+        for label in self._lag_partitions - current:
+            self.consumer_lag.remove(label)
+        self._lag_partitions = current
+        for (_, partition), messages in lag.items():
+            # End offsets and positions are read at different moments; a lag below 0 is a race.
+            self.consumer_lag.labels(partition=str(partition)).set(max(0, messages))

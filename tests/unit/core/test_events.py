@@ -1,0 +1,88 @@
+"""Decoding: every class of bad event gets its reason; good events come out exact."""
+
+import json
+
+import numpy as np
+import pytest
+
+from daemon.core.events import Event, Reason, Rejection, decode_event, parse_ts
+
+
+def _decode(payload, message_key=b"kafka-key", n_features=2, n_targets=1):
+    value = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return decode_event(value, message_key, n_features, n_targets, max_bytes=4096)
+
+
+def test_valid_event_with_target_decodes_exactly():
+    event = _decode({"key": "s1", "ts": 10.5, "features": [1, 2.5], "target": [3.0]})
+    assert isinstance(event, Event)
+    assert event.key == "s1" and event.ts == 10.5 and event.reset is False
+    np.testing.assert_array_equal(event.features, [1.0, 2.5])
+    np.testing.assert_array_equal(event.target, [3.0])
+
+
+def test_forecast_event_has_no_target_and_falls_back_to_message_key():
+    event = _decode({"ts": "2024-01-01T00:00:00Z", "features": [1, 2], "reset": True})
+    assert isinstance(event, Event)
+    assert event.key == "kafka-key" and event.target is None and event.reset is True
+    assert event.ts == 1704067200.0
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", Reason.EMPTY),
+        (b"x" * 5000, Reason.TOO_LARGE),
+        (b"{not json", Reason.INVALID_JSON),
+        (b"\xff\xfe", Reason.INVALID_JSON),
+        (b"[1, 2]", Reason.NOT_OBJECT),
+        (b'{"ts": 1, "features": [1, NaN]}', Reason.NON_FINITE),
+        (b'{"key": "k", "ts": 1, "features": [1, Infinity]}', Reason.NON_FINITE),
+        (b"[" * 3000 + b"]" * 3000, Reason.TOO_LARGE),
+    ],
+)
+def test_malformed_bytes_are_rejected_with_reason(value, reason):
+    result = decode_event(value, b"k", 2, 1, max_bytes=4096)
+    assert isinstance(result, Rejection)
+    assert result.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"ts": 1, "features": [1, 2], "key": 7}, Reason.MISSING_KEY),
+        ({"ts": 1, "features": [1, 2]}, Reason.MISSING_KEY),
+        ({"key": "k", "features": [1, 2]}, Reason.BAD_TS),
+        ({"key": "k", "ts": "yesterday", "features": [1, 2]}, Reason.BAD_TS),
+        ({"key": "k", "ts": "2024-01-01T00:00:00", "features": [1, 2]}, Reason.BAD_TS),
+        ({"key": "k", "ts": True, "features": [1, 2]}, Reason.BAD_TS),
+        ({"key": "k", "ts": 1, "features": [1]}, Reason.BAD_FEATURES),
+        ({"key": "k", "ts": 1, "features": [1, "abc"]}, Reason.BAD_FEATURES),
+        ({"key": "k", "ts": 1, "features": [1, True]}, Reason.BAD_FEATURES),
+        ({"key": "k", "ts": 1, "features": {"a": 1}}, Reason.BAD_FEATURES),
+        ({"key": "k", "ts": 1, "features": [1, 1e39]}, Reason.NON_FINITE),
+        ({"key": "k", "ts": 1, "features": [1, 2], "target": [1, 2]}, Reason.BAD_TARGET),
+        ({"key": "k", "ts": 1, "features": [1, 2], "target": 5}, Reason.BAD_TARGET),
+        ({"key": "k", "ts": 1, "features": [1, 2], "reset": "yes"}, Reason.BAD_RESET),
+    ],
+)
+def test_bad_fields_are_rejected_with_reason(payload, reason):
+    message_key = None if "missing" in reason else b"kafka-key"
+    result = _decode(payload, message_key=message_key)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason
+    assert result.detail
+
+
+def test_deeply_nested_json_is_rejected_not_raised():
+    value = b"[" * 100_000 + b"]" * 100_000
+    result = decode_event(value, b"k", 2, 1, max_bytes=10_000_000)
+    assert isinstance(result, Rejection)
+    assert result.reason in (Reason.INVALID_JSON, Reason.NOT_OBJECT)
+
+
+def test_parse_ts_accepts_numbers_and_rfc3339_with_offset():
+    assert parse_ts(5) == 5.0
+    assert parse_ts("1970-01-01T01:00:00+01:00") == 0.0
+    with pytest.raises(ValueError):
+        parse_ts(float("nan"))

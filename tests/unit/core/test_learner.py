@@ -1,0 +1,177 @@
+"""The learner's bookkeeping, with a numpy toy model: one prediction per event, parking that
+preserves state, every reset branch, ordering and prequential scoring."""
+
+import numpy as np
+import pytest
+from toy_model import ToyModel
+
+from daemon.core.events import Event, Reason
+from daemon.core.learner import OnlineLearner
+from daemon.settings import ModelSettings, Settings, StreamSettings
+
+
+def _settings(batch_size=4, window=3, n_features=2, **stream):
+    stream.setdefault("max_batch_wait_ms", 0)
+    return Settings(
+        model=ModelSettings(
+            n_features=n_features,
+            n_targets=1,
+            target_index=(0,),
+            batch_size=batch_size,
+            window=window,
+        ),
+        stream=StreamSettings(**stream),
+    )
+
+
+def _learner(settings):
+    model = ToyModel(settings.model.batch_size, settings.model.n_features)
+    return OnlineLearner(settings, model, clock=lambda: 0.0), model
+
+
+def _event(key, ts, value, target=None, reset=False):
+    return Event(
+        key,
+        float(ts),
+        np.array([value, ts % 7], float),
+        None if target is None else np.array([target], float),
+        reset,
+    )
+
+
+def _stream(keys, days, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = {key: 10.0 ** (i % 3) for i, key in enumerate(keys)}
+    return [
+        _event(key, day, scale[key] * (5 + np.sin(day) + rng.normal(0, 0.1)))
+        for day in range(days)
+        for key in keys
+    ]
+
+
+def _feed(learner, events):
+    published = []
+    for offset, event in enumerate(events):
+        assert learner.ingest(event, 0, offset) is None
+        if offset % 7 == 6:
+            learner.end_of_poll()
+        published += learner.take_outbox()
+    learner.drain()
+    return published + learner.take_outbox()
+
+
+@pytest.mark.parametrize("batch_size", [2, 4, 16])
+def test_every_event_gets_exactly_one_prediction(batch_size):
+    learner, _ = _learner(_settings(batch_size=batch_size))
+    events = _stream(["a", "b", "c", "d", "e"], days=12)
+    published = _feed(learner, events)
+    assert sorted(p.offset for p in published) == list(range(len(events)))
+    assert all(p.mode == "forecast" and p.target is None for p in published)
+
+
+def test_supervised_events_get_predictions_from_the_train_step():
+    learner, model = _learner(_settings(batch_size=3, window=2))
+    events = [_event(k, d, d, target=d + 1) for d in range(6) for k in "ab"]
+    published = _feed(learner, events)
+    assert sorted(p.offset for p in published) == list(range(len(events)))
+    assert model.infer_calls == 0  # no eviction, so nothing needed an inference pass
+    assert all(p.mode == "supervised" and p.target is not None for p in published)
+
+
+def test_evicted_key_state_equals_the_never_evicted_state():
+    keys = [f"k{i}" for i in range(7)]
+    events = _stream(keys, days=10)
+    roomy, _ = _learner(_settings(batch_size=8))
+    tight, _ = _learner(_settings(batch_size=2))
+    _feed(roomy, events)
+    _feed(tight, events)
+    assert tight.table.evictions > 20
+    for key in keys:
+        np.testing.assert_allclose(tight.key_state(key), roomy.key_state(key), atol=1e-6)
+
+
+def test_parked_state_dropped_past_cap_restarts_from_zero_and_is_counted():
+    learner, _ = _learner(_settings(batch_size=2, max_parked_keys=1))
+    _feed(learner, _stream(["a", "b", "c", "d"], days=3))
+    assert learner.resets["parked_dropped"] > 0
+    assert learner.table.parked_dropped == learner.resets["parked_dropped"]
+
+
+def test_reset_flag_starts_a_new_sequence_from_zero_state():
+    # Normalisation statistics outlive a reset (they describe the key, not the sequence).
+    learner, _ = _learner(_settings(batch_size=1, window=4, normalise=False))
+    events = [_event("a", d, d) for d in range(3)] + [_event("a", 3, 0.5, reset=True)]
+    events += [_event("a", d, d) for d in range(4, 9)]
+    _feed(learner, events)
+    assert learner.resets["event_flag"] == 1
+    fresh, _ = _learner(_settings(batch_size=1, window=4, normalise=False))
+    _feed(fresh, [_event("a", 3, 0.5)] + [_event("a", d, d) for d in range(4, 9)])
+    np.testing.assert_allclose(learner.key_state("a"), fresh.key_state("a"), atol=1e-6)
+
+
+def test_idle_gap_resets_the_key():
+    learner, _ = _learner(_settings(batch_size=2, reset_after_idle_s=10))
+    _feed(learner, [_event("a", 0, 1), _event("a", 5, 1), _event("a", 100, 1)])
+    assert learner.resets["idle_gap"] == 1
+
+
+def test_periodic_reset_zeroes_every_state():
+    learner, _ = _learner(_settings(batch_size=2, window=2, reset_every_steps=1))
+    _feed(learner, _stream(["a", "b", "c"], days=4))
+    assert learner.resets["periodic"] >= 2
+    for key in "abc":
+        assert not learner.key_state(key).any()
+
+
+def test_event_back_in_time_for_its_key_is_rejected_and_not_trained():
+    learner, _ = _learner(_settings())
+    assert learner.ingest(_event("a", 5, 1), 0, 0) is None
+    rejection = learner.ingest(_event("a", 4, 1), 0, 1)
+    assert rejection.reason == Reason.OUT_OF_ORDER
+    assert learner.ingest(_event("b", 4, 1), 0, 2) is None  # other keys have their own clock
+    assert learner.ingest(_event("a", 5, 2), 0, 3) is None  # equal ts is allowed
+
+
+def test_prequential_scores_model_and_naive_on_the_same_events():
+    learner, _ = _learner(_settings(batch_size=2, window=2))
+    events = [_event("a", d, v) for d, v in enumerate([1.0, 3.0, 2.0, 5.0, 4.0])]
+    published = {p.offset: p for p in _feed(learner, events)}
+    naive = np.mean(np.abs(np.diff([1.0, 3.0, 2.0, 5.0, 4.0])))
+    assert learner.prequential.count == 4
+    assert learner.prequential.naive_mae == pytest.approx(naive)
+    model_mae = np.mean([abs(published[t].prediction[0] - v) for t, v in enumerate([3, 2, 5, 4])])
+    assert learner.prequential.model_mae == pytest.approx(model_mae)
+
+
+def test_wall_clock_close_trains_after_max_batch_wait():
+    now = [0.0]
+    settings = _settings(window=10, max_batch_wait_ms=100)
+    model = ToyModel(settings.model.batch_size, settings.model.n_features)
+    learner = OnlineLearner(settings, model, clock=lambda: now[0])
+    learner.ingest(_event("a", 0, 1, target=1), 0, 0)
+    learner.end_of_poll()
+    assert learner.step == 0
+    now[0] = 0.2
+    learner.end_of_poll()
+    assert learner.step == 1 and len(learner.take_outbox()) == 1
+
+
+def test_difference_scaling_learns_the_step_from_the_current_level():
+    learner, _ = _learner(_settings(batch_size=2, window=8, target_scaling="difference"))
+    values = [10.0, 12.0, 11.0, 15.0]
+    for day, value in enumerate(values):
+        learner.ingest(_event("a", day, value), 0, day)
+    buffer = learner.table.bound("a").buffer
+    steps = np.diff(values[:3])  # the steps known when event 2 arrived
+    assert buffer[2].location[0] == 11.0
+    assert buffer[2].spread[0] == pytest.approx(np.std(steps))
+    assert buffer[2].y[0] == pytest.approx((15.0 - 11.0) / np.std(steps))
+
+
+def test_difference_scaling_ignores_the_step_across_a_reset():
+    learner, _ = _learner(_settings(batch_size=2, window=8, target_scaling="difference"))
+    for day, value in enumerate([1.0, 2.0, 3.0]):
+        learner.ingest(_event("a", day, value), 0, day)
+    learner.ingest(_event("a", 3, 1000.0, reset=True), 0, 3)
+    state = learner.table.bound("a")
+    assert state.diff_stats.count == 2 and state.diff_stats.mean[0] == 1.0
