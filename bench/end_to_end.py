@@ -1,15 +1,20 @@
 """End-to-end events/s through lstmd vs a tuned raw kafka-python pipe, on the embedded broker.
 
-Run: .venv/bin/python bench/end_to_end.py [--events 20000] [--variants base,linger,...]
+Run: .venv/bin/python bench/end_to_end.py [--events 20000] [--keys 0] [--variants base,...]
+
+`--keys 0` (default) replays the demo data set (Birthdays, 51 keys); `--keys K` a synthetic
+stream of K keys in round-robin, one event per key per simulated day (the same event rate per
+key for every K), with the demo's number of features.
 
 One embedded broker (Tansu) for the whole run. Every measurement runs in its own subprocess
 (TensorFlow's thread pools can only be set before it runs an op) against its own topics:
 
 * lstmd variants: `build_daemon(settings, options, serve_http=False)`, the consumer group is
   joined first on an empty input topic (a join takes ~3 s on Tansu and is not throughput), then
-  N demo events (`daemon.tools.datasets.load_birthdays(limit=N)`, 51 keys over 32 slots, forecast
-  mode) are produced, and the clock runs from the start of `runner.run(...)` until every event
-  is consumed and its prediction acknowledged by the broker (a producer flush). Snapshots are
+  N events (the demo's `daemon.tools.datasets.load_birthdays(limit=N)`, 51 keys, B=32,
+  forecast mode; or the synthetic stream of `--keys`) are produced, and the clock runs from the
+  start of `runner.run(...)` until every event is consumed and its prediction acknowledged by
+  the broker (a producer flush). Snapshots are
   off during the run (every_steps huge, every_s 0); the shutdown snapshot is timed separately.
 * raw pipe: kafka-python consume -> json.loads -> json.dumps of a small prediction-like record ->
   producer.send, one message per event, acks="all" with idempotence as lstmd's producer; several
@@ -66,11 +71,25 @@ RAW_CONFIGS = {
 # ---------------------------------------------------------------------------------------------
 
 
-def demo_messages(n: int) -> tuple[list[tuple[bytes, bytes]], int]:
+def demo_messages(n: int, keys: int = 0) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Return (Kafka key, value) pairs and the feature count: the demo's, or K synthetic keys."""
     from daemon.tools.datasets import load_birthdays
 
     data = load_birthdays(limit=n)
-    return list(data.messages), data.n_features()
+    if not keys:
+        return list(data.messages), data.n_features()
+    import math
+
+    n_features = data.n_features()
+    out = []
+    for i in range(n):
+        day, k = divmod(i, keys)
+        level = 100.0 * (1 + k % 7)
+        value = level * (1 + 0.2 * math.sin(2 * math.pi * day / 7 + k))
+        features = [value] + [float((day + j) % 7) for j in range(n_features - 1)]
+        event = {"key": f"key-{k}", "ts": 1_500_000_000 + 86_400 * day, "features": features}
+        out.append((f"key-{k}".encode(), json.dumps(event).encode()))
+    return out, n_features
 
 
 def options_for(bootstrap: str) -> dict:
@@ -82,13 +101,13 @@ def options_for(bootstrap: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def child_raw(bootstrap: str, n: int) -> dict:
+def child_raw(bootstrap: str, n: int, keys: int) -> dict:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from daemon.edges.kafka_io import ensure_topics, produce_values
 
     options = options_for(bootstrap)
-    messages, _ = demo_messages(n)
+    messages, _ = demo_messages(n, keys)
     tag = uuid.uuid4().hex[:8]
     topic_in = f"raw-in-{tag}"
     ensure_topics(options, [topic_in] + [f"raw-out-{tag}-{c}" for c in RAW_CONFIGS])
@@ -189,7 +208,7 @@ def apply_levers(variant: str) -> None:
         dr.calc_crc32c = crc32c_py
 
 
-def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
+def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
     apply_levers(variant)
     from daemon.edges.kafka_io import client_options, produce_values
     from daemon.service.app import build_daemon
@@ -202,7 +221,7 @@ def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
         StreamSettings,
     )
 
-    messages, n_features = demo_messages(n)
+    messages, n_features = demo_messages(n, keys)
     tag = uuid.uuid4().hex[:8]
     linger = variant in ("linger", "all")
     scratch = tempfile.TemporaryDirectory(prefix="lstmd-bench-")
@@ -234,18 +253,6 @@ def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
         runner._poll_once()
     produce_values(options, settings.kafka.input_topic, messages)
 
-    counts = {"inference_passes": {}, "inference_events": 0}
-    original_flush = learner.flush_predictions
-
-    def counting_flush(include_supervised):
-        caller = sys._getframe(1).f_code.co_name
-        got = original_flush(include_supervised)
-        if got:
-            counts["inference_passes"][caller] = counts["inference_passes"].get(caller, 0) + 1
-            counts["inference_events"] += got
-        return got
-
-    learner.flush_predictions = counting_flush
     save_seconds: list[float] = []
     original_save = runner._checkpointer.save
 
@@ -273,7 +280,7 @@ def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
 
         profiler = Profiler(interval=0.001)
         profiler.start()
-    steps0 = learner.step
+    steps0, calls0 = learner.step, learner.infer_calls
     started = time.perf_counter()
     runner.run(until=until)
     stopped = time.perf_counter()
@@ -287,9 +294,9 @@ def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
         "predictions": runner.predictions_sent,
         "delivered": publisher.delivered,
         "failed": publisher.failed,
-        "evictions": learner.table.evictions,
-        "inference_passes": counts["inference_passes"],
-        "inference_events": counts["inference_events"],
+        "keys": learner.keys_in_store(),
+        "rows_per_step": learner.mean_rows_filled(),
+        "inference_calls": learner.infer_calls - calls0,
         "shutdown_s": stopped - done["t"],
         "snapshot_save_s": save_seconds[-1] if save_seconds else None,
         "step_seconds_mean": None,
@@ -305,14 +312,14 @@ def child_lstmd(bootstrap: str, n: int, variant: str) -> dict:
 CATEGORIES = [
     ("consume", "kafka_io.py", "poll"),
     ("decode", "events.py", "decode_event"),
-    ("inference: TF", "model.py", "infer"),
-    ("inference: batch build", "batcher.py", "build_infer_batch"),
-    ("inference: other", "engine.py", "flush_predictions"),
-    ("train: TF", "model.py", "train_step"),
-    ("train: batch build", "batcher.py", "build_train_batch"),
-    ("train: other", "engine.py", "train"),
-    ("ingest/slots", "engine.py", "ingest"),
-    ("publish: encode", "outputs.py", "encode_prediction"),
+    ("inference: TF", "lstm.py", "infer"),
+    ("inference: batch build", "batching.py", "build_infer_batch"),
+    ("inference: other", "learner.py", "_infer"),
+    ("train: TF", "lstm.py", "train_step"),
+    ("train: batch build", "batching.py", "build_train_batch"),
+    ("train: other", "learner.py", "_train"),
+    ("ingest/store", "learner.py", "ingest"),
+    ("publish: encode", "records.py", "encode_prediction"),
     ("publish: encode", "end_to_end.py", "encode_prediction"),
     ("publish: producer.send", "kafka_io.py", "send"),
     ("publish: flush (acks)", "kafka_io.py", "flush"),
@@ -450,25 +457,27 @@ def run_child(args: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--keys", type=int, default=0, help="0: the demo data set")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "raw":
-        print("RESULT " + json.dumps(child_raw(args.bootstrap, args.events)))
+        print("RESULT " + json.dumps(child_raw(args.bootstrap, args.events, args.keys)))
         return 0
     if args.child:
-        print("RESULT " + json.dumps(child_lstmd(args.bootstrap, args.events, args.child)))
+        result = child_lstmd(args.bootstrap, args.events, args.child, args.keys)
+        print("RESULT " + json.dumps(result))
         return 0
 
     from daemon.edges.embedded import EmbeddedBroker
 
     n = args.events
-    messages, n_features = demo_messages(n)
+    messages, n_features = demo_messages(n, args.keys)
     m = micro(messages, n_features)
     results: dict[str, dict] = {}
     with EmbeddedBroker(port=0) as broker:
-        common = ["--bootstrap", broker.bootstrap, "--events", str(n)]
+        common = ["--bootstrap", broker.bootstrap, "--events", str(n), "--keys", str(args.keys)]
         results["raw"] = run_child(["--child", "raw", *common])
         for variant in args.variants.split(","):
             result = run_child(["--child", variant, *common])
@@ -480,15 +489,16 @@ def main() -> int:
             result["runs"] = runs
             results[variant] = result
             print(f"  ... {variant}: {runs[-1]:,.0f} events/s", file=sys.stderr)
-    report(n, results, m)
+    report(n, args.keys, results, m)
     return 0
 
 
-def report(n: int, results: dict, m: dict) -> None:
+def report(n: int, keys: int, results: dict, m: dict) -> None:
     raw = results["raw"]
     best_raw_name = max((k for k in RAW_CONFIGS if k in raw), key=lambda k: raw[k])
     best_raw = raw[best_raw_name]
-    print(f"N = {n:,} demo events (51 keys, 32 slots, B=32, T=16, 32 units, forecast mode)")
+    stream = f"{keys:,} synthetic keys" if keys else "demo events (Birthdays, 51 keys)"
+    print(f"N = {n:,} {stream}; B=32, T=16, 16 units, forecast mode")
     print("\nraw kafka-python pipe (consume -> json.loads -> json.dumps -> send, acks=all):")
     for name, rate in raw.items():
         print(f"  {name:14s} {rate:9,.0f} events/s")
@@ -506,7 +516,7 @@ def report(n: int, results: dict, m: dict) -> None:
         print(
             f"  {variant:8s} {r['events_per_s']:7,.0f} events/s  "
             f"{r['events_per_s'] / best_raw:.3f}x raw pipe{vs_base}  "
-            f"({r['steps']} steps, {sum(r['inference_passes'].values())} inference passes)"
+            f"({r['steps']} steps, {r['inference_calls']} inference calls)"
         )
         if len(r["runs"]) > 1:
             runs = ", ".join(f"{v:,.0f}" for v in r["runs"])
@@ -519,11 +529,13 @@ def report(n: int, results: dict, m: dict) -> None:
         best = max((v for v in results if v != "raw"), key=lambda v: results[v]["events_per_s"])
         print(f"  best lstmd variant: {best}")
         print(
-            f"\ninference passes (base): {base['inference_passes']} over {n:,} events = one per "
-            f"{n / max(1, sum(base['inference_passes'].values())):.1f} events; "
-            f"{base['inference_events']:,} predictions came from inference"
+            f"\ninference calls (base): {base['inference_calls']:,} over {n:,} events = one per "
+            f"{n / max(1, base['inference_calls']):.1f} events"
         )
-        print(f"evictions: {base['evictions']:,}; train steps: {base['steps']:,}")
+        print(
+            f"keys in store: {base['keys']:,}; train steps: {base['steps']:,}; "
+            f"keys per step: {base['rows_per_step']:.1f} of 32"
+        )
         print(
             f"shutdown snapshot: save {base['snapshot_save_s']:.3f} s "
             f"(whole shutdown incl. close {base['shutdown_s']:.2f} s)"

@@ -7,7 +7,7 @@ mode), fed `Event`s directly the way the runner does: `ingest` per event, then `
 `take_outbox` every `--poll` events (predictions are dropped, as if published). Every key gets
 one event; every other key a second one 40 keys later (after it was parked, so it comes back
 from the parked store). RSS (VmRSS of /proc/self/status) is printed every `--every` events; with
-`stream.max_parked_keys` reached it must stay flat.
+`stream.max_keys` reached it must stay flat.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> int:
     n_features = 2
     settings = Settings(
         model=ModelSettings(n_features=n_features, units=32, batch_size=32, window=16),
-        stream=StreamSettings(max_parked_keys=args.max_parked, max_batch_wait_ms=0),
+        stream=StreamSettings(max_keys=args.max_parked, max_batch_wait_ms=0),
     )
     model = StatefulLSTM(settings.model)
     learner = OnlineLearner(settings, model)

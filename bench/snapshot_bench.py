@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings(
         model=ModelSettings(n_features=11, units=32, batch_size=32, window=16),
-        stream=StreamSettings(max_parked_keys=max(args.parked, 1)),
+        stream=StreamSettings(max_keys=max(args.parked, 1)),
     )
     with tempfile.TemporaryDirectory() as tmp:
         learner, checkpointer = parts(settings, Path(tmp))

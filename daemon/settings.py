@@ -100,8 +100,11 @@ class ModelSettings(_Section):
     # 16, 32 and 64 units scored within 0.1 MAE on Birthdays; 16 is the cheapest (README).
     units: int = Field(16, ge=1)
     layers: int = Field(1, ge=1, le=8)
-    batch_size: int = Field(32, ge=1, description="B: the number of state slots.")
+    batch_size: int = Field(32, ge=1, description="B: keys (rows) per train step.")
     window: int = Field(16, ge=1, description="T: timesteps per row of a batch.")
+    # Forecasts of a poll's keys run through one compiled inference step of this many rows
+    # (and `window` timesteps); more rows mean fewer calls per poll with many keys.
+    infer_batch_size: int = Field(128, ge=1, description="Rows per forecast inference call.")
     learning_rate: float = Field(3e-3, gt=0, le=10)
     clipnorm: float = Field(1.0, gt=0)
     seed: int = 0
@@ -137,12 +140,17 @@ class ModelSettings(_Section):
 
 
 class StreamSettings(_Section):
-    """Slots, batching and the state reset policy."""
+    """The key-state store, batching and the state reset policy."""
 
     max_batch_wait_ms: int = Field(
         500, ge=0, description="Close a batch this long after its first event; 0 disables."
     )
-    max_parked_keys: int = Field(100_000, ge=0)
+    max_keys: int = Field(
+        100_000,
+        ge=1,
+        description="Keys per input partition's store; past it the least "
+        "recently active are dropped.",
+    )
     reset_after_idle_s: float = Field(0.0, ge=0, description="Event-time gap; 0 disables.")
     reset_every_steps: int = Field(0, ge=0, description="Global reset period; 0 disables.")
     normalise: bool = True

@@ -1,128 +1,121 @@
-"""Fixed-shape batches: each bound slot's buffered events laid into [B, T, ...] with a mask.
+"""Fixed-shape batches: up to B keys' pending events laid into [B, T, ...] with a mask. Pure.
 
-Pure (numpy only). Row b of every tensor is slot b, left-aligned; padded timesteps are masked and
-leave the LSTM state unchanged. A row never crosses the start of a new sequence: a reset takes
-effect by zeroing the row's state before the step, so the compiled step needs no reset input.
+Row b of a batch is one key, left-aligned; padded timesteps are masked and leave the LSTM state
+unchanged. A row never crosses the start of a new sequence: a row that begins one starts from
+zero state, so the compiled steps need no reset input. States are gathered from the keys' store
+rows into the model's [layers, 2, B, units] layout and scattered back after the step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.core.slots import KeyState, Pending
+from daemon.core.pending import HAS_Y, STARTS_SEQUENCE
+from daemon.core.store import KeyStateStore
+
+# One row of a batch: a key (its store and row) and the event ids laid into it, in order.
+Member = tuple[KeyStateStore, int, list[int]]
 
 
 @dataclass(slots=True)
-class TrainBatch:
-    """The inputs of one train step and the events it consumes."""
+class Batch:
+    """The inputs of one compiled step and the events it covers."""
 
-    x: np.ndarray  # float32 [B, T, F]
-    y: np.ndarray  # float32 [B, T, n_targets]
+    x: np.ndarray  # float32 [B, T, n_inputs]
+    y: np.ndarray  # float32 [B, T, n_targets]; zeros for an inference batch
     mask: np.ndarray  # bool [B, T]
-    reset_rows: list[int]  # slots whose state is zeroed before the step
-    taken: list[tuple[int, list[Pending]]]  # (slot, events in timestep order)
+    states: np.ndarray  # float32 [layers, 2, B, units], the rows' start states
+    members: list[Member]  # row b of the batch is members[b]
 
 
-@dataclass(slots=True)
-class InferBatch:
-    """The inputs of one inference pass and the events whose predictions it yields."""
-
-    x: np.ndarray  # float32 [B, W, F]
-    mask: np.ndarray  # bool [B, W]
-    zero_rows: list[int]  # slots whose pass starts from zero state (a new sequence)
-    wanted: list[tuple[int, int, Pending]]  # (slot, timestep, event)
-
-
-def _train_segment(buffer: list[Pending], window: int) -> list[Pending]:
-    segment: list[Pending] = []
-    for index, pending in enumerate(buffer[:window]):
-        if pending.y is None or (index > 0 and pending.starts_sequence):
+def train_segment(store: KeyStateStore, row: int, window: int) -> list[int]:
+    """Return a key's oldest trainable events: up to `window`, within one sequence."""
+    events = store.events
+    flags, nxt = events.flags, events.next
+    segment: list[int] = []
+    event = int(store.head[row])
+    limit = min(window, int(store.trainable[row]))
+    while len(segment) < limit:
+        flag = flags[event]
+        if not flag & HAS_Y or (segment and flag & STARTS_SEQUENCE):
             break
-        segment.append(pending)
+        segment.append(event)
+        event = int(nxt[event])
     return segment
 
 
+def _empty(batch_size: int, width: int, n_inputs: int, n_targets: int, state_row: tuple) -> Batch:
+    layers, _, units = state_row
+    return Batch(
+        x=np.zeros((batch_size, width, n_inputs), np.float32),
+        y=np.zeros((batch_size, width, n_targets), np.float32),
+        mask=np.zeros((batch_size, width), bool),
+        states=np.zeros((layers, 2, batch_size, units), np.float32),
+        members=[],
+    )
+
+
 def build_train_batch(
-    rows: Sequence[KeyState | None], window: int, n_features: int, n_targets: int
-) -> TrainBatch | None:
-    """Lay each slot's oldest trainable events (up to T, within one sequence) into a batch.
+    segments: list[Member], batch_size: int, window: int, n_inputs: int, n_targets: int
+) -> Batch:
+    """Lay up to B keys' train segments (from `train_segment`) into one batch.
 
-    Returns:
-        The batch, or None when no slot holds a trainable event.
+    A row whose first event starts a new sequence starts from zero state; any other from the
+    key's committed state.
     """
-    batch_size = len(rows)
-    x = np.zeros((batch_size, window, n_features), dtype=np.float32)
-    y = np.zeros((batch_size, window, n_targets), dtype=np.float32)
-    mask = np.zeros((batch_size, window), dtype=bool)
-    reset_rows: list[int] = []
-    taken: list[tuple[int, list[Pending]]] = []
-    for slot, state in enumerate(rows):
-        if state is None:
-            continue
-        segment = _train_segment(state.buffer, window)
-        if not segment:
-            continue
-        if segment[0].starts_sequence:
-            reset_rows.append(slot)
+    if not segments or len(segments) > batch_size:
+        raise ValueError(f"a train batch holds 1 to {batch_size} keys, got {len(segments)}")
+    store0 = segments[0][0]
+    batch = _empty(batch_size, window, n_inputs, n_targets, store0.states.shape[1:])
+    for b, (store, row, segment) in enumerate(segments):
+        events = store.events
         length = len(segment)
-        x[slot, :length] = [p.x for p in segment]
-        y[slot, :length] = [p.y for p in segment]
-        mask[slot, :length] = True
-        taken.append((slot, segment))
-    if not taken:
-        return None
-    return TrainBatch(x, y, mask, reset_rows, taken)
+        batch.x[b, :length] = events.x[segment]
+        batch.y[b, :length] = events.y[segment]
+        batch.mask[b, :length] = True
+        if not events.flags[segment[0]] & STARTS_SEQUENCE:
+            batch.states[:, :, b, :] = store.states[row]
+    batch.members = segments
+    return batch
 
 
-def _last_segment_start(buffer: list[Pending]) -> int:
-    for index in range(len(buffer) - 1, 0, -1):
-        if buffer[index].starts_sequence:
-            return index
-    return 0
-
-
-def needs_prediction(pending: Pending, include_supervised: bool) -> bool:
-    """Say whether an event still waits for its prediction from an inference pass."""
-    return pending.prediction is None and (pending.forecast_mode or include_supervised)
+def split_chunks(store: KeyStateStore, events: list[int], width: int) -> list[list[int]]:
+    """Cut a key's events into runs of at most `width` that never cross a sequence start."""
+    flags = store.events.flags
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for event in events:
+        if current and (len(current) == width or flags[event] & STARTS_SEQUENCE):
+            chunks.append(current)
+            current = []
+        current.append(event)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def build_infer_batch(
-    rows: Sequence[KeyState | None], width: int, n_features: int, include_supervised: bool
-) -> InferBatch | None:
-    """Lay each slot's current sequence into a batch for the events that await a prediction.
+    chunks: list[tuple[KeyStateStore, int, list[int], np.ndarray]],
+    batch_size: int,
+    width: int,
+    n_inputs: int,
+    n_targets: int,
+) -> Batch:
+    """Lay up to B chunks (store, row, events, start state [layers, 2, units]) into one batch.
 
-    Only the newest sequence of a buffer can hold such events (the engine predicts before a new
-    sequence begins), so a row runs from the slot's state, or from zero when that sequence
-    starts a reset, over the buffered events of that sequence.
-
-    Returns:
-        The batch, or None when no event awaits a prediction.
+    A chunk whose first event starts a new sequence runs from zero state, whatever is given.
     """
-    batch_size = len(rows)
-    x = np.zeros((batch_size, width, n_features), dtype=np.float32)
-    mask = np.zeros((batch_size, width), dtype=bool)
-    zero_rows: list[int] = []
-    wanted: list[tuple[int, int, Pending]] = []
-    for slot, state in enumerate(rows):
-        if state is None or not state.buffer:
-            continue
-        start = _last_segment_start(state.buffer)
-        segment = state.buffer[start:]
-        waiting = [
-            (slot, t, p) for t, p in enumerate(segment) if needs_prediction(p, include_supervised)
-        ]
-        if not waiting:
-            continue
-        if len(segment) > width:
-            raise AssertionError(f"slot {slot} holds {len(segment)} events, more than {width}")
-        if segment[0].starts_sequence:
-            zero_rows.append(slot)
-        x[slot, : len(segment)] = [p.x for p in segment]
-        mask[slot, : len(segment)] = True
-        wanted.extend(waiting)
-    if not wanted:
-        return None
-    return InferBatch(x, mask, zero_rows, wanted)
+    if not chunks or len(chunks) > batch_size:
+        raise ValueError(f"an inference batch holds 1 to {batch_size} rows, got {len(chunks)}")
+    store0 = chunks[0][0]
+    batch = _empty(batch_size, width, n_inputs, n_targets, store0.states.shape[1:])
+    for b, (store, _row, events, start) in enumerate(chunks):
+        length = len(events)
+        batch.x[b, :length] = store.events.x[events]
+        batch.mask[b, :length] = True
+        if not store.events.flags[events[0]] & STARTS_SEQUENCE:
+            batch.states[:, :, b, :] = start
+    batch.members = [(store, row, events) for store, row, events, _ in chunks]
+    return batch

@@ -1,9 +1,11 @@
 """The online learner: accepted events in, train steps and predictions out.
 
 No Kafka here: the runner decodes messages and hands over events with their source partition and
-offset; the learner routes them to slots, normalises them, closes batches, runs the injected
-model and queues one prediction per event in `outbox`. The model is injected so this module
-never imports TensorFlow itself (any object with `state_shape`, `train_step` and `infer` works).
+offset. Each input partition has its own key-state store (DESIGN §4). The learner normalises each
+event into its key's pending queue, closes batches of up to B ready keys × T events, runs the
+injected model, and queues one prediction per event in `outbox`. Forecasts are answered once per
+poll (or before a step that would consume them) by batched inference from each key's state
+ahead. The model is injected so this module never imports TensorFlow itself.
 """
 
 from __future__ import annotations
@@ -17,12 +19,31 @@ from typing import Protocol
 
 import numpy as np
 
-from daemon.core.batching import build_infer_batch, build_train_batch, needs_prediction
+from daemon.core.batching import (
+    build_infer_batch,
+    build_train_batch,
+    split_chunks,
+    train_segment,
+)
 from daemon.core.events import Event, Reason, Rejection
+from daemon.core.pending import (
+    ANSWERED,
+    FORECAST_MODE,
+    HAS_NAIVE,
+    HAS_Y,
+    NO_EVENT,
+    STARTS_SEQUENCE,
+)
 from daemon.core.prequential import RollingPrequential
-from daemon.core.scaling import RunningStats, denormalise, normalise
-from daemon.core.slots import KeyState, Pending, ResetReason, SlotTable, reset_reason
+from daemon.core.scaling import denormalise, normalise
+from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.settings import Settings
+
+# A key holding this many windows of trainable events closes a batch without waiting for the
+# others: a hot key next to cold ones must not buffer without bound.
+HOT_KEY_WINDOWS = 2
+
+KeyRef = tuple[int, int]  # (input partition, row in that partition's store)
 
 
 class StepModel(Protocol):
@@ -30,6 +51,9 @@ class StepModel(Protocol):
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]: ...
+
+    @property
+    def infer_shape(self) -> tuple[int, int]: ...
 
     def train_step(
         self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
@@ -78,7 +102,7 @@ class Prequential:
 
 
 class OnlineLearner:
-    """Route keyed events into state slots and train one stateful step per closed batch."""
+    """Keep every key's state in its partition's store and train one step per closed batch."""
 
     def __init__(
         self, settings: Settings, model: StepModel, clock: Callable[[], float] = time.monotonic
@@ -88,13 +112,14 @@ class OnlineLearner:
         self._stream = settings.stream
         self._model = model
         self._clock = clock
+        self.state_shape = model.state_shape
+        self._layers, _, self.batch_size, self._units = model.state_shape
+        self._infer_rows, self._infer_width = model.infer_shape
+        self._window = settings.model.window
+        self.n_inputs = settings.model.n_features
+        self.n_targets = settings.model.n_targets
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
-        self.table = SlotTable(
-            model.state_shape,
-            settings.model.n_features,
-            settings.model.n_targets,
-            settings.stream.max_parked_keys,
-        )
+        self.stores: dict[int, KeyStateStore] = {}
         self.outbox: list[Prediction] = []
         self.step = 0
         self.last_loss = float("nan")
@@ -105,109 +130,157 @@ class OnlineLearner:
         self.rolling = RollingPrequential(settings.metrics.prequential_window)
         self.nonfinite_losses = 0
         self.consecutive_nonfinite = 0
+        self.rows_filled = 0  # keys in the last train step
+        self.rows_filled_total = 0
+        self.infer_calls = 0
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
-        self._batch_opened_at: float | None = None
+        self.step_rows: list[int] = []  # likewise: keys filled per step
+        self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
+        # Keys with trainable events, in the order they became trainable (oldest first), and
+        # the subset holding at least a full window.
+        self._ready: dict[KeyRef, None] = {}
+        self._full: dict[KeyRef, None] = {}
+        # Forecast-mode events not yet answered, per key, in arrival order.
+        self._to_answer: dict[KeyRef, list[int]] = {}
+
+    # ---- stores -------------------------------------------------------------------------
+
+    def store(self, partition: int) -> KeyStateStore:
+        """Return a partition's store, created empty on first use."""
+        store = self.stores.get(partition)
+        if store is None:
+            store = KeyStateStore(
+                partition, self._layers, self._units, self.n_inputs, self.n_targets
+            )
+            self.stores[partition] = store
+        return store
+
+    def keys_in_store(self) -> int:
+        """Return how many keys all stores hold."""
+        return sum(len(s) for s in self.stores.values())
+
+    def mean_rows_filled(self) -> float:
+        """Return the mean number of keys per train step since start (or restore)."""
+        return self.rows_filled_total / self.step if self.step else 0.0
+
+    def pending_events(self) -> int:
+        """Return how many accepted events wait in all stores."""
+        return sum(s.events.live for s in self.stores.values())
+
+    def key_state(self, key: str) -> np.ndarray | None:
+        """Return a key's [layers, 2, units] LSTM state from whichever store holds it."""
+        for store in self.stores.values():
+            state = store.state_of(key)
+            if state is not None:
+                return state
+        return None
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a partition's store (it was revoked); its state was saved before."""
+        if self.stores.pop(partition, None) is None:
+            return
+        for index in (self._ready, self._full, self._to_answer):
+            for ref in [ref for ref in index if ref[0] == partition]:
+                del index[ref]
+        self._batch_opened_at = self._oldest_waiting()
 
     # ---- ingest -------------------------------------------------------------------------
 
     def ingest(self, event: Event, partition: int, offset: int) -> Rejection | None:
         """Accept one decoded event; return a rejection if it goes back in time for its key."""
-        known = self.table.bound(event.key) or self.table.parked.get(event.key)
-        if known is not None and known.last_ts is not None and event.ts < known.last_ts:
+        store = self.store(partition)
+        row = store.row_of.get(event.key)
+        if row is None:
+            if len(store) >= self._stream.max_keys:
+                self._drop_least_recent(partition, store)
+            row = store.add(event.key)
+        elif event.ts < store.last_ts[row]:
             return Rejection(
-                Reason.OUT_OF_ORDER, f"ts {event.ts} is before {known.last_ts} for this key"
+                Reason.OUT_OF_ORDER, f"ts {event.ts} is before {store.last_ts[row]} for this key"
             )
-        state = self.table.bound(event.key) or self._bind(event.key)
-        self.table.touch(event.key)
-        reason = reset_reason(state, event.ts, event.reset, self._stream.reset_after_idle_s)
+        self.stamp += 1
+        store.last_active[row] = self.stamp
+        ref = (partition, row)
+        reason = reset_reason(
+            float(store.last_ts[row]), event.ts, event.reset, self._stream.reset_after_idle_s
+        )
         if reason is not None:
             self.resets[reason] += 1
-            self._end_sequence(state)
-        pending = self._pending(state, event, partition, offset, starts_sequence=reason is not None)
-        state.buffer.append(pending)
-        state.last_ts = event.ts
-        if self._batch_opened_at is None:
-            self._batch_opened_at = pending.received_at
-        while state.trainable_count() >= self._model_settings.window:
-            self.train()
+            self._end_sequence(store, ref)
+        store.last_ts[row] = event.ts
+        self._append(store, ref, event, offset, starts_sequence=reason is not None)
+        self._close_if_due(store, ref)
         return None
 
-    def _bind(self, key: str) -> KeyState:
-        if not self.table.has_free_slot():
-            slot = self.table.victim()
-            victim = self.table.rows[slot]
-            if any(needs_prediction(p, include_supervised=True) for p in victim.buffer):
-                self.flush_predictions(include_supervised=True)
-            dropped = self.table.evict(slot)
-            if dropped is not None:
-                self.resets[ResetReason.PARKED_DROPPED] += 1
-                self.untrained += len(dropped.buffer)
-        _, state = self.table.bind(key)
-        return state
+    def _append(
+        self, store: KeyStateStore, ref: KeyRef, event: Event, offset: int, starts_sequence: bool
+    ) -> None:
+        row = ref[1]
+        events = store.events
+        x, location, spread = self._scale_features(store, row, event.features)
+        ti = self._target_index
+        previous = int(store.tail[row])
+        if previous != NO_EVENT and not events.flags[previous] & HAS_Y and not starts_sequence:
+            self._set_target(store, ref, previous, event.features[ti])
+        e = events.new()
+        events.x[e] = x
+        events.ts[e] = event.ts
+        events.offset[e] = offset
+        events.received_at[e] = self._clock()
+        flags = STARTS_SEQUENCE if starts_sequence else 0
+        if event.target is None:
+            level = event.features[ti]
+            events.naive[e] = level
+            events.location[e], events.spread[e] = self._forecast_target_scale(
+                store, row, level, starts_sequence, location[ti], spread[ti]
+            )
+            flags |= FORECAST_MODE | HAS_NAIVE
+            self._to_answer.setdefault(ref, []).append(e)
+        else:
+            events.location[e], events.spread[e] = self._supervised_target_scale(store, row)
+            last = store.last_target[row]
+            if not math.isnan(last[0]):
+                events.naive[e] = last
+                flags |= HAS_NAIVE
+        events.flags[e] = flags
+        store.append(row, e)
+        if event.target is not None:
+            self._set_target(store, ref, e, event.target)
+            if self._stream.normalise:
+                store.target_stats.update(row, event.target)
+            store.last_target[row] = event.target
 
-    def _end_sequence(self, state: KeyState) -> None:
-        """Close a key's current sequence before an event that starts a new one."""
-        if state.buffer and state.buffer[-1].y is None:
-            # Its successor starts a new sequence, so this event never gets a target.
-            if state.buffer[-1].prediction is None:
-                self.flush_predictions(include_supervised=True)
-            state.buffer.pop()
-            self.untrained += 1
-        if any(p.prediction is None for p in state.buffer):
-            # Inference runs over the newest sequence only: predict the old one now.
-            self.flush_predictions(include_supervised=True)
+    def _set_target(self, store: KeyStateStore, ref: KeyRef, e: int, target: np.ndarray) -> None:
+        """Make a pending event trainable: its target is now known."""
+        events = store.events
+        events.target[e] = target
+        if self._stream.normalise:
+            events.y[e] = normalise(target, events.location[e], events.spread[e])
+        else:
+            events.y[e] = target
+        events.flags[e] |= HAS_Y
+        row = ref[1]
+        store.trainable[row] += 1
+        count = int(store.trainable[row])
+        if count == 1:
+            self._ready[ref] = None
+        if count == self._window:
+            self._full[ref] = None
 
     def _scale_features(
-        self, state: KeyState, features: np.ndarray
+        self, store: KeyStateStore, row: int, features: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fold the event into the key's statistics; return (normalised, location, spread)."""
         if not self._stream.normalise:
             size = len(features)
             return features, np.zeros(size), np.ones(size)
-        state.feature_stats.update(features)
-        location, spread = state.feature_stats.scale()
+        location, spread = store.feature_stats.fold(row, features)
         return normalise(features, location, spread), location, spread
 
-    def _pending(
-        self, state: KeyState, event: Event, partition: int, offset: int, starts_sequence: bool
-    ) -> Pending:
-        x, feature_location, feature_spread = self._scale_features(state, event.features)
-        ti = self._target_index
-        previous = state.buffer[-1] if state.buffer else None
-        if previous is not None and previous.y is None and not starts_sequence:
-            previous.target = event.features[ti]
-            previous.y = self._scaled_target(previous.target, previous)
-        if event.target is None:
-            naive = event.features[ti]
-            location, spread = self._feature_target_scale(
-                state, naive, starts_sequence, feature_location[ti], feature_spread[ti]
-            )
-        else:
-            location, spread = self._supervised_target_scale(state)
-            naive = state.last_target
-        pending = Pending(
-            partition=partition,
-            offset=offset,
-            ts=event.ts,
-            x=x.astype(np.float32),
-            naive=naive,
-            location=location,
-            spread=spread,
-            forecast_mode=event.target is None,
-            starts_sequence=starts_sequence,
-            received_at=self._clock(),
-        )
-        if event.target is not None:
-            pending.target = event.target
-            pending.y = self._scaled_target(event.target, pending)
-            if self._stream.normalise:
-                state.target_stats.update(event.target)
-            state.last_target = event.target
-        return pending
-
-    def _feature_target_scale(
+    def _forecast_target_scale(
         self,
-        state: KeyState,
+        store: KeyStateStore,
+        row: int,
         level: np.ndarray,
         starts_sequence: bool,
         location: np.ndarray,
@@ -221,143 +294,289 @@ class OnlineLearner:
         """
         if self._stream.target_scaling == "level":
             return location, spread
-        if state.diff_stats is None:
-            state.diff_stats = RunningStats(len(level))
-        if state.last_level is not None and not starts_sequence:
-            state.diff_stats.update(level - state.last_level)
-        state.last_level = level
-        if self._stream.normalise and state.diff_stats.count >= 2:
-            spread = state.diff_stats.scale()[1]
+        last = store.last_level[row]
+        steps = store.step_stats
+        if not math.isnan(last[0]) and not starts_sequence:
+            step_spread = steps.fold(row, level - last)[1]
+        elif steps.count[row] >= 2:
+            step_spread = steps.scale(row)[1]
+        store.last_level[row] = level
+        if self._stream.normalise and steps.count[row] >= 2:
+            spread = step_spread
         return level, spread
 
-    def _supervised_target_scale(self, state: KeyState) -> tuple[np.ndarray, np.ndarray]:
+    def _supervised_target_scale(
+        self, store: KeyStateStore, row: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         # Scale from the targets seen before this one: this event's own target must not leak
         # into the denormalised prediction published for it.
-        return state.target_stats.scale()
+        return store.target_stats.scale(row)
 
-    def _scaled_target(self, target: np.ndarray, pending: Pending) -> np.ndarray:
-        if not self._stream.normalise:
-            return target.astype(np.float32)
-        return normalise(target, pending.location, pending.spread).astype(np.float32)
+    def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
+        """Close a key's current sequence before an event that starts a new one."""
+        tail = int(store.tail[ref[1]])
+        if tail == NO_EVENT or store.events.flags[tail] & HAS_Y:
+            return
+        # Its successor starts a new sequence, so this event never gets a target.
+        if not store.events.flags[tail] & ANSWERED:
+            self.answer_forecasts()
+        store.events.release(store.pop_last(ref[1]))
+        self.untrained += 1
 
-    # ---- batches --------------------------------------------------------------------------
+    def _drop_least_recent(self, partition: int, store: KeyStateStore) -> None:
+        """Make room in a full store: drop its least recently active keys (1/256 at a time)."""
+        victims = store.least_recent(max(1, self._stream.max_keys // 256))
+        refs = [(partition, row) for row in victims]
+        self.answer_forecasts()
+        self._answer_from_committed([r for r in refs if store.unanswered(r[1])])
+        for ref in refs:
+            for e in store.remove(ref[1]):
+                store.events.release(e)
+                self.untrained += 1
+            self._ready.pop(ref, None)
+            self._full.pop(ref, None)
+        self.resets[ResetReason.DROPPED] += len(refs)
+        self._batch_opened_at = self._oldest_waiting()
+
+    # ---- batches ------------------------------------------------------------------------
+
+    def _close_if_due(self, store: KeyStateStore, ref: KeyRef) -> None:
+        """Run the steps the batch-close rule calls for after an event (DESIGN §4)."""
+        if self._batch_opened_at is None and self._ready:
+            self._batch_opened_at = self._oldest_waiting()
+        while True:
+            if len(self._full) >= self.batch_size or (
+                self._full and len(self._full) == len(self._ready)
+            ):
+                self._train(list(self._full))
+            elif store.trainable[ref[1]] >= HOT_KEY_WINDOWS * self._window:
+                self._train([ref, *(r for r in self._full if r != ref)])
+            else:
+                return
+
+    _batch_opened_at: float | None = None
+
+    def _oldest_waiting(self) -> float | None:
+        """Return when the oldest trainable event still waiting arrived, if any."""
+        for partition, row in self._ready:
+            store = self.stores[partition]
+            return float(store.events.received_at[int(store.head[row])])
+        return None
 
     def train(self) -> bool:
-        """Close the batch: run one train step over every slot's trainable events.
+        """Close the batch now: one step over the B keys that have waited longest.
 
         Returns:
-            Whether a step ran (False when no slot held a trainable event).
+            Whether a step ran (False when no key holds a trainable event).
         """
-        self.flush_predictions(include_supervised=False)
-        batch = build_train_batch(
-            self.table.rows,
-            self._model_settings.window,
-            self._model_settings.n_features,
-            self._model_settings.n_targets,
-        )
-        if batch is None:
+        return self._train(list(self._ready))
+
+    def _train(self, candidates: list[KeyRef]) -> bool:
+        self.answer_forecasts()  # a step consumes events: their forecasts must be out first
+        segments = []
+        for partition, row in candidates:
+            store = self.stores[partition]
+            segment = train_segment(store, row, self._window)
+            if segment:
+                segments.append((store, row, segment))
+                if len(segments) == self.batch_size:
+                    break
+        if not segments:
             return False
-        for slot in batch.reset_rows:
-            self.table.reset_row(slot)
+        batch = build_train_batch(
+            segments, self.batch_size, self._window, self.n_inputs, self.n_targets
+        )
         started = time.perf_counter()
         loss, predictions, states = self._model.train_step(
-            batch.x, batch.y, batch.mask, self.table.states
+            batch.x, batch.y, batch.mask, batch.states
         )
         self.step_seconds.append(time.perf_counter() - started)
         self.last_loss = loss
         finite = math.isfinite(loss)
         if finite:
-            self.table.states[...] = states
             self.consecutive_nonfinite = 0
         else:
             # The model skipped the update; its states may be NaN too: keep the old ones, and
             # let the batch's events go untrained rather than retry them forever.
             self.nonfinite_losses += 1
             self.consecutive_nonfinite += 1
-        for slot, taken in batch.taken:
-            state = self.table.rows[slot]
-            for t, pending in enumerate(taken):
-                if pending.prediction is None:
-                    self._publish(state.key, pending, predictions[slot, t])
-                if finite and pending.naive is not None:
-                    self.prequential.add(pending.prediction, pending.naive, pending.target)
-                    self.rolling.add(pending.prediction, pending.naive, pending.target)
-            del state.buffer[: len(taken)]
+        for b, (store, row, segment) in enumerate(batch.members):
             if finite:
-                self.trained_events += len(taken)
-            else:
-                self.untrained += len(taken)
+                store.states[row] = states[:, :, b, :]
+            self._consume(store, row, segment, predictions[b], finite)
+        self.rows_filled = len(batch.members)
+        self.step_rows.append(self.rows_filled)
+        self.rows_filled_total += self.rows_filled
         self.step += 1
         self._periodic_reset()
         self._batch_opened_at = self._oldest_waiting()
         return True
 
+    def _consume(
+        self, store: KeyStateStore, row: int, segment: list[int], outputs: np.ndarray, ok: bool
+    ) -> None:
+        """Answer, score and release a key's events that a train step consumed."""
+        events = store.events
+        flags = events.flags[segment]
+        unanswered = np.flatnonzero(flags & ANSWERED == 0)
+        if len(unanswered):
+            self._publish(store, row, [segment[i] for i in unanswered], outputs[unanswered])
+        if ok:
+            scored = [segment[i] for i in np.flatnonzero(flags & HAS_NAIVE)]
+            if scored:
+                prediction, naive = events.prediction[scored], events.naive[scored]
+                target = events.target[scored]
+                self.prequential.add(prediction, naive, target)
+                self.rolling.add(prediction, naive, target)
+        ref = (store.partition, row)
+        before = int(store.trainable[row])
+        for e in store.take(row, len(segment)):
+            events.release(e)
+        if ok:
+            self.trained_events += len(segment)
+        else:
+            self.untrained += len(segment)
+        left = int(store.trainable[row])
+        self._ready.pop(ref, None)
+        if left:
+            self._ready[ref] = None  # to the back of the queue
+        if before >= self._window > left:
+            self._full.pop(ref, None)
+        elif left >= self._window:
+            self._full.pop(ref, None)
+            self._full[ref] = None
+
     def _periodic_reset(self) -> None:
         every = self._stream.reset_every_steps
         if every and self.step % every == 0:
-            self.resets[ResetReason.PERIODIC] += self.table.reset_all()
+            self.resets[ResetReason.PERIODIC] += sum(
+                s.zero_all_states() for s in self.stores.values()
+            )
 
-    def _oldest_waiting(self) -> float | None:
-        times = [
-            p.received_at
-            for _, state in self.table.bound_states()
-            for p in state.buffer
-            if p.trainable
+    # ---- predictions --------------------------------------------------------------------
+
+    def answer_forecasts(self) -> int:
+        """Publish the forecasts of events not yet answered, by batched inference.
+
+        Each key runs from its state ahead (after its answered events) through its new events.
+        Returns how many were published.
+        """
+        if not self._to_answer:
+            return 0
+        jobs = []
+        for (partition, row), events in self._to_answer.items():
+            store = self.stores[partition]
+            jobs.append((store, row, events, store.ahead[row]))
+        self._to_answer = {}
+        return self._infer(jobs)
+
+    def _answer_from_committed(self, refs: list[KeyRef]) -> int:
+        """Answer keys' unanswered events by inference from their committed state."""
+        jobs = []
+        for partition, row in refs:
+            store = self.stores[partition]
+            jobs.append((store, row, store.queue(row), store.states[row]))
+        return self._infer(jobs)
+
+    def _infer(self, jobs: list[tuple[KeyStateStore, int, list[int], np.ndarray]]) -> int:
+        """Run keys through their events in fixed-shape inference batches; answer the events.
+
+        A key's events are cut into chunks of at most the inference width; the k-th chunks of
+        all keys run together, each from the state the previous chunk left in `ahead`.
+        """
+        queues = [
+            (store, row, split_chunks(store, events, self._infer_width), start)
+            for store, row, events, start in jobs
+            if events
         ]
-        return min(times) if times else None
+        answered = 0
+        depth = 0
+        while queues:
+            current = [
+                (store, row, chunks[depth], start if depth == 0 else store.ahead[row])
+                for store, row, chunks, start in queues
+            ]
+            for first in range(0, len(current), self._infer_rows):
+                answered += self._infer_batch(current[first : first + self._infer_rows])
+            depth += 1
+            queues = [q for q in queues if len(q[2]) > depth]
+        return answered
+
+    def _infer_batch(self, chunks: list[tuple[KeyStateStore, int, list[int], np.ndarray]]) -> int:
+        batch = build_infer_batch(
+            chunks, self._infer_rows, self._infer_width, self.n_inputs, self.n_targets
+        )
+        predictions, states = self._model.infer(batch.x, batch.mask, batch.states)
+        self.infer_calls += 1
+        answered = 0
+        for b, (store, row, events) in enumerate(batch.members):
+            store.ahead[row] = states[:, :, b, :]
+            waiting = np.flatnonzero(store.events.flags[events] & ANSWERED == 0)
+            if len(waiting):
+                self._publish(store, row, [events[t] for t in waiting], predictions[b, waiting])
+                answered += len(waiting)
+        return answered
 
     def flush_predictions(self, include_supervised: bool) -> int:
-        """Publish predictions for buffered events that await one, by one inference pass.
+        """Publish predictions for pending events that await one; return how many.
 
-        Forecast-mode events always qualify; supervised ones only when `include_supervised`
-        (before their slot is given away, since their prediction normally comes from the train
-        step). Returns how many were published.
+        Forecasts always; supervised events only when `include_supervised` (before a snapshot
+        that leaves, since their prediction normally comes from the train step).
         """
-        batch = build_infer_batch(
-            self.table.rows,
-            self._model_settings.window + 1,
-            self._model_settings.n_features,
-            include_supervised,
-        )
-        if batch is None:
-            return 0
-        start = self.table.states.copy()
-        start[:, :, batch.zero_rows, :] = 0.0
-        predictions, _ = self._model.infer(batch.x, batch.mask, start)
-        for slot, t, pending in batch.wanted:
-            self._publish(self.table.rows[slot].key, pending, predictions[slot, t])
-        return len(batch.wanted)
+        answered = self.answer_forecasts()
+        if include_supervised:
+            waiting = [ref for ref in self._ready if self.stores[ref[0]].unanswered(ref[1])]
+            answered += self._answer_from_committed(waiting)
+        return answered
 
-    def _publish(self, key: str, pending: Pending, normalised: np.ndarray) -> None:
+    def _publish(
+        self, store: KeyStateStore, row: int, answered: list[int], normalised: np.ndarray
+    ) -> None:
+        """Queue the predictions of one key's events; `normalised` holds one row per event."""
+        events = store.events
+        values = normalised.astype(np.float64)
         if self._stream.normalise:
-            value = denormalise(normalised.astype(np.float64), pending.location, pending.spread)
-        else:
-            value = normalised.astype(np.float64)
-        pending.prediction = value
-        self.outbox.append(
-            Prediction(
-                key=key,
-                ts=pending.ts,
-                partition=pending.partition,
-                offset=pending.offset,
-                mode="forecast" if pending.forecast_mode else "supervised",
-                prediction=value,
-                target=None if pending.forecast_mode else pending.target,
-                step=self.step,
-                received_at=pending.received_at,
-            )
+            values = denormalise(values, events.location[answered], events.spread[answered])
+        events.prediction[answered] = values
+        flags = events.flags[answered]
+        events.flags[answered] = flags | ANSWERED
+        key = store.keys[row]
+        if key is None:
+            raise KeyError(f"row {row} of partition {store.partition} holds no key")
+        partition, step, targets = store.partition, self.step, events.target
+        columns = zip(
+            answered,
+            (flags & FORECAST_MODE).tolist(),
+            events.ts[answered].tolist(),
+            events.offset[answered].tolist(),
+            events.received_at[answered].tolist(),
+            values,
+            strict=True,
         )
+        for e, forecast, ts, offset, received_at, value in columns:
+            self.outbox.append(
+                Prediction(
+                    key=key,
+                    ts=ts,
+                    partition=partition,
+                    offset=offset,
+                    mode="forecast" if forecast else "supervised",
+                    prediction=value,
+                    target=None if forecast else targets[e].copy(),
+                    step=step,
+                    received_at=received_at,
+                )
+            )
 
-    # ---- loop hooks -------------------------------------------------------------------------
+    # ---- loop hooks ---------------------------------------------------------------------
 
     def end_of_poll(self) -> None:
-        """Publish waiting forecasts, and close the batch if it has waited long enough."""
-        self.flush_predictions(include_supervised=False)
+        """Publish waiting forecasts, and close batches that have waited long enough."""
+        self.answer_forecasts()
         wait_ms = self._stream.max_batch_wait_ms
-        opened = self._batch_opened_at
-        expired = opened is not None and (self._clock() - opened) * 1000 >= wait_ms
-        if wait_ms and expired and not self.train():
-            self._batch_opened_at = None
+        while wait_ms and self._batch_opened_at is not None:
+            if (self._clock() - self._batch_opened_at) * 1000 < wait_ms or not self.train():
+                return
 
     def batch_due_in(self) -> float | None:
         """Return seconds until the wall-clock batch close (<= 0: due), or None if none is set."""
@@ -367,18 +586,9 @@ class OnlineLearner:
         return self._batch_opened_at + wait_ms / 1000 - self._clock()
 
     def drain(self) -> None:
-        """Train every trainable event, parked keys' too, and publish every waiting prediction.
-
-        Parked keys come back B at a time; the keys they displace have nothing left to train.
-        """
+        """Train every trainable event and publish every waiting prediction."""
         while self.train():
             pass
-        waiting = [key for key, state in self.table.parked.items() if state.trainable_count()]
-        for start in range(0, len(waiting), self.table.batch_size):
-            for key in waiting[start : start + self.table.batch_size]:
-                self._bind(key)
-            while self.train():
-                pass
         self.flush_predictions(include_supervised=True)
 
     def take_outbox(self) -> list[Prediction]:
@@ -388,12 +598,35 @@ class OnlineLearner:
 
     def reset(self) -> None:
         """Forget everything learned and buffered: the state of a learner just built."""
-        self.__init__(self._settings, self._model, self._clock)
+        self.__init__(self._settings, self._model, self._clock)  # type: ignore[misc]
 
-    def after_restore(self) -> None:
-        """Recompute what is derived from restored state (the open batch's age)."""
+    def ready_keys(self) -> list[KeyRef]:
+        """Return the keys with trainable events, longest waiting first."""
+        return list(self._ready)
+
+    def full_keys(self) -> list[KeyRef]:
+        """Return the keys holding a full window of trainable events, longest waiting first."""
+        return list(self._full)
+
+    def adopt(
+        self, stores: dict[int, KeyStateStore], ready: list[KeyRef], full: list[KeyRef]
+    ) -> None:
+        """Take restored stores and their keys' places in the wait lists."""
+        self.stores.update(stores)
+        for ref in ready:
+            self._ready[ref] = None
+        for ref in full:
+            self._full[ref] = None
+        for partition, store in stores.items():
+            flags = store.events.flags
+            if not np.any((flags & FORECAST_MODE) & ~flags & ANSWERED):
+                continue  # the usual case: a snapshot is taken after answering every forecast
+            for row in store.live_rows().tolist():
+                waiting = [
+                    e
+                    for e in store.queue(row)
+                    if flags[e] & FORECAST_MODE and not flags[e] & ANSWERED
+                ]
+                if waiting:
+                    self._to_answer[(partition, row)] = waiting
         self._batch_opened_at = self._oldest_waiting()
-
-    def key_state(self, key: str) -> np.ndarray | None:
-        """Return a key's [layers, 2, units] LSTM state (bound or parked), for tests and tools."""
-        return self.table.key_state_rows(key)

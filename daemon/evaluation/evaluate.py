@@ -292,7 +292,7 @@ class LstmdRun:
     seconds: float
     build_seconds: float
     train_steps: int
-    evictions: int
+    inference_calls: int
     resets: dict[str, int]
     untrained: int
     rejected: int
@@ -353,7 +353,7 @@ def lstmd_forecasts(
         seconds=seconds,
         build_seconds=build_seconds,
         train_steps=learner.step,
-        evictions=learner.table.evictions,
+        inference_calls=learner.infer_calls,
         resets=dict(learner.resets),
         untrained=learner.untrained,
         rejected=rejected,

@@ -159,21 +159,21 @@ class StatefulLSTM:
         )
         # Building now keeps variable creation out of the traced step.
         self.optimizer.build(self.keras_model.trainable_variables)
-        t = settings.window
-        self._train = self._compile(
-            self._train_body, t, (settings.batch_size, t, settings.n_targets)
-        )
-        self._infer = self._compile(self._infer_body, t + 1, None)
+        t, b = settings.window, settings.batch_size
+        self._train = self._compile(self._train_body, b, t, with_targets=True)
+        # One more timestep than a train row: a key's full window of pending events and the
+        # newest one fit in one inference row.
+        self._infer = self._compile(self._infer_body, settings.infer_batch_size, t + 1)
 
-    def _compile(self, body, steps: int, y_shape: tuple[int, ...] | None) -> _CompiledStep:
+    def _compile(self, body, rows: int, steps: int, with_targets: bool = False) -> _CompiledStep:
         """Wrap `body` in a tf.function with a fixed signature and trace it now."""
-        b = self.settings.batch_size
-        spec = [tf.TensorSpec((b, steps, self.settings.n_features), tf.float32, name="x")]
-        if y_shape is not None:
-            spec.append(tf.TensorSpec(y_shape, tf.float32, name="y"))
+        s = self.settings
+        spec = [tf.TensorSpec((rows, steps, s.n_features), tf.float32, name="x")]
+        if with_targets:
+            spec.append(tf.TensorSpec((rows, steps, s.n_targets), tf.float32, name="y"))
         spec += [
-            tf.TensorSpec((b, steps), tf.bool, name="mask"),
-            tf.TensorSpec(self.state_shape, tf.float32, name="states"),
+            tf.TensorSpec((rows, steps), tf.bool, name="mask"),
+            tf.TensorSpec((s.layers, 2, rows, s.units), tf.float32, name="states"),
         ]
         fn = tf.function(body, input_signature=spec, jit_compile=False, reduce_retracing=False)
         with _unrolled(self.keras_model, steps):
@@ -185,6 +185,11 @@ class StatefulLSTM:
         """Return the host states' shape: (layers, 2, B, units)."""
         s = self.settings
         return (s.layers, 2, s.batch_size, s.units)
+
+    @property
+    def infer_shape(self) -> tuple[int, int]:
+        """Return the inference step's (rows, timesteps)."""
+        return self.settings.infer_batch_size, self.settings.window + 1
 
     def zero_states(self) -> np.ndarray:
         """Return float32 zeros of `state_shape`."""
@@ -246,12 +251,12 @@ class StatefulLSTM:
         """Run a forward pass only; weights and the caller's states stay unchanged.
 
         Args:
-            x: inputs [B, window + 1, F].
-            mask: [B, window + 1] bool, True on real timesteps.
-            states: [layers, 2, B, units] states at the start of the window.
+            x: inputs [R, window + 1, F], R = `infer_batch_size`.
+            mask: [R, window + 1] bool, True on real timesteps.
+            states: [layers, 2, R, units] states at the start of the window.
 
         Returns:
-            Predictions [B, window + 1, n_targets] and the new states.
+            Predictions [R, window + 1, n_targets] and the new states.
 
         Raises:
             ValueError: an argument's shape differs from the settings'.

@@ -7,10 +7,12 @@ The model is injected (anything with `save_weights`, `load_weights`, `optimizer_
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,11 +27,19 @@ log = logging.getLogger("lstmd.checkpointing")
 
 WEIGHTS = "model.weights.h5"  # the Keras weights format
 OPTIMIZER = "optimizer.npz"
-LEARNER_ARRAYS = "learner.npz"
 LEARNER_META = "learner.json"
 
 
+def store_file(partition: int) -> str:
+    """Return the file name of one input partition's key-state store in a snapshot."""
+    return f"store-{partition}.npz"
+
+
 class CheckpointModel(Protocol):
+    """What checkpointing needs from the model (see `daemon.model.lstm.StatefulLSTM`)."""
+
+    def get_weights(self) -> list[np.ndarray]: ...
+    def set_weights(self, weights: list[np.ndarray]) -> None: ...
     def save_weights(self, path: Path) -> None: ...
     def load_weights(self, path: Path) -> None: ...
     def optimizer_state(self) -> dict[str, np.ndarray]: ...
@@ -37,6 +47,7 @@ class CheckpointModel(Protocol):
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays uncompressed: a snapshot is written often and must be quick."""
     with path.open("wb") as handle:
         np.savez(handle, **arrays)
 
@@ -67,19 +78,21 @@ class Checkpointer:
         collecting = gc.isenabled()
         gc.disable()  # the export builds large lists of small objects, none of them garbage
         try:
-            arrays, meta = export_learner(self._learner)
+            parts, meta = export_learner(self._learner)
         finally:
             if collecting:
                 gc.enable()
         optimizer = self._model.optimizer_state()
         names = sorted(optimizer)
         meta["optimizer_variables"] = names
-        writers = {
+        meta["partitions"] = {str(p): part_meta for p, (_, part_meta) in parts.items()}
+        writers: dict[str, Callable[[Path], None]] = {
             WEIGHTS: self._model.save_weights,
             OPTIMIZER: lambda p: _save_npz(p, {f"v{i}": optimizer[n] for i, n in enumerate(names)}),
-            LEARNER_ARRAYS: lambda p: _save_npz(p, arrays),
             LEARNER_META: lambda p: p.write_text(json.dumps(meta), encoding="utf-8"),
         }
+        for partition, (arrays, _) in parts.items():
+            writers[store_file(partition)] = functools.partial(_save_npz, arrays=arrays)
         return self.store.write(self._learner.step, offsets, self._shape, writers)
 
     def rollback(self) -> SnapshotInfo | None:
@@ -124,12 +137,15 @@ class Checkpointer:
     def _load(self, info: SnapshotInfo) -> None:
         meta = json.loads((info.path / LEARNER_META).read_text(encoding="utf-8"))
         saved = load_npz(info.path / OPTIMIZER)
-        arrays = load_npz(info.path / LEARNER_ARRAYS)
+        parts = {
+            int(p): (load_npz(info.path / store_file(int(p))), part_meta)
+            for p, part_meta in meta.pop("partitions").items()
+        }
         names: list[str] = meta.pop("optimizer_variables")
         optimizer = {n: saved[f"v{i}"] for i, n in enumerate(names)}
         self._model.load_weights(info.path / WEIGHTS)
         self._model.set_optimizer_state(optimizer)
-        import_learner(self._learner, arrays, meta, time.monotonic())
+        import_learner(self._learner, parts, meta, time.monotonic())
 
 
 def describe(info: SnapshotInfo) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 log = logging.getLogger("lstmd.snapshots")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one key-state store per input partition (was: a slot table)
 MANIFEST = "manifest.json"
 _PREFIX = "snap-"
 _TMP_PREFIX = ".tmp-"
@@ -37,6 +37,10 @@ class SnapshotError(Exception):
 
 class ShapeMismatch(SnapshotError):
     """A snapshot was made with other model-shape settings; loading it would be wrong."""
+
+
+class FormatMismatch(SnapshotError):
+    """The newest snapshot was written in another format version than this lstmd reads."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,12 @@ class SnapshotStore:
         checked_shape = False
         for path in reversed(self._directories()):
             info = self.inspect(path)
+            written = info.manifest.get("format_version") if info.manifest else None
+            if not checked_shape and written is not None and written != FORMAT_VERSION:
+                raise FormatMismatch(
+                    f"snapshot {info.snapshot_id} was written in format version {written!r}; "
+                    f"this lstmd reads format version {FORMAT_VERSION}"
+                )
             if not info.valid:
                 self.skip(skipped, info.snapshot_id, info.problem)
                 continue

@@ -17,7 +17,7 @@ from daemon.edges.http import EndpointServer
 from daemon.edges.kafka_io import EventSource, Publisher, client_options, ensure_topics
 from daemon.model.environment import configure_tensorflow
 from daemon.persist.checkpointing import Checkpointer
-from daemon.persist.snapshots import ShapeMismatch, SnapshotStore
+from daemon.persist.snapshots import FormatMismatch, ShapeMismatch, SnapshotStore
 from daemon.service.health import Health
 from daemon.service.metrics import DaemonMetrics
 from daemon.service.runner import Runner
@@ -82,6 +82,8 @@ def restore_state(
         info, skipped = checkpointer.restore()
     except ShapeMismatch as exc:
         raise StartupError(f"{exc}; move {directory} away or restore the settings") from None
+    except FormatMismatch as exc:
+        raise StartupError(f"{exc}; move {directory} away to start from zero state") from None
     if info is None:
         if skipped and not settings.snapshot.start_fresh:
             newest_id, problem = skipped[0]

@@ -22,7 +22,7 @@ from prometheus_client import (
 
 from daemon import __version__
 from daemon.core.events import Reason
-from daemon.core.slots import ResetReason
+from daemon.core.store import ResetReason
 from daemon.settings import ModelSettings
 
 # Train steps take milliseconds on CPU; seconds means trouble.
@@ -30,8 +30,11 @@ _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 # Forecasts publish within a poll; supervised predictions wait up to max_batch_wait_ms or longer.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # A snapshot writes weights, optimiser and every key's state: from milliseconds for a few keys
-# to tens of seconds for 100k parked keys on a slow disk.
+# to tens of seconds for 100k stored keys on a slow disk.
 _SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Rows per train step: powers of two up to the largest batch sizes in use; a step that fills
+# few rows of B says keys rarely hold trainable events together.
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 MODEL_LABELS = ("lstmd", "naive")
 
@@ -111,22 +114,31 @@ class DaemonMetrics:
             registry=r,
         )
 
-        # ---- key state: slots, parking, resets ---------------------------------------------
+        # ---- key state: the stores, batches, resets ------------------------------------------
         self.resets = Counter(
             "lstmd_state_resets", "Key states set to zero, by reason.", ["reason"], registry=r
         )
         for reset_reason in ResetReason:
             self.resets.labels(reason=reset_reason.value)
-        self.evictions = Counter(
-            "lstmd_slot_evictions", "Keys moved out of a slot to the parked store.", registry=r
-        )
-        self.parked_dropped = Counter(
-            "lstmd_parked_states_dropped",
-            "Parked key states dropped to stay within stream.max_parked_keys.",
+        self.keys_in_store = Gauge(
+            "lstmd_keys_in_store",
+            "Keys held by the key-state stores of all owned partitions.",
             registry=r,
         )
-        self.parked_keys = Gauge("lstmd_parked_keys", "Keys whose state is parked.", registry=r)
-        self.active_slots = Gauge("lstmd_active_slots", "Slots bound to a key.", registry=r)
+        self.pending_events = Gauge(
+            "lstmd_pending_events",
+            "Accepted events not yet trained on, in all stores.",
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "lstmd_batch_rows",
+            "Keys (rows) filled per train step, out of model.batch_size.",
+            buckets=_ROW_BUCKETS,
+            registry=r,
+        )
+        self.inference_calls = Counter(
+            "lstmd_inference_calls", "Batched forecast inference calls.", registry=r
+        )
 
         # ---- snapshots ---------------------------------------------------------------------
         self.snapshot_duration = Histogram(

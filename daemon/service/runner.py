@@ -20,6 +20,7 @@ from daemon.core.learner import OnlineLearner
 from daemon.core.records import encode_metrics, encode_prediction
 from daemon.persist.checkpointing import Checkpointer
 from daemon.service.health import Health
+from daemon.service.learning_metrics import LearningRecorder
 from daemon.service.metrics import DaemonMetrics
 from daemon.settings import Settings
 
@@ -94,11 +95,7 @@ class Runner:
         self.dead_lettered = 0
         self.predictions_sent = 0
         self.rejected: Counter[str] = Counter()
-        self._seen_steps = 0
-        self._seen_resets: Counter[str] = Counter()
-        self._seen_evictions = 0
-        self._seen_parked_dropped = 0
-        self._seen_nonfinite = 0
+        self._recorder = LearningRecorder(metrics, learner)
         self._seen_failed: Counter[str] = Counter()
         self._latest_ts = math.inf  # events stamped later are dead-lettered (future_ts)
         self._last_metrics_step = 0
@@ -235,29 +232,8 @@ class Runner:
         self._record_learning()
 
     def _record_learning(self) -> None:
+        self._recorder.record()
         learner = self._learner
-        for seconds in learner.step_seconds:
-            self._metrics.step_duration.observe(seconds)
-        learner.step_seconds.clear()
-        if learner.step > self._seen_steps:
-            self._metrics.train_steps.inc(learner.step - self._seen_steps)
-            self._seen_steps = learner.step
-            self._metrics.loss.set(learner.last_loss)
-        for reason, count in learner.resets.items():
-            if count > self._seen_resets[reason]:
-                self._metrics.resets.labels(reason=reason).inc(count - self._seen_resets[reason])
-                self._seen_resets[reason] = count
-        table = learner.table
-        self._metrics.evictions.inc(table.evictions - self._seen_evictions)
-        self._seen_evictions = table.evictions
-        self._metrics.parked_dropped.inc(table.parked_dropped - self._seen_parked_dropped)
-        self._seen_parked_dropped = table.parked_dropped
-        self._metrics.nonfinite_losses.inc(learner.nonfinite_losses - self._seen_nonfinite)
-        self._seen_nonfinite = learner.nonfinite_losses
-        self._metrics.parked_keys.set(len(table.parked))
-        self._metrics.active_slots.set(len(table.slot_of))
-        self._metrics.prequential_mae.labels(model="lstmd").set(learner.rolling.model_mae)
-        self._metrics.prequential_mae.labels(model="naive").set(learner.rolling.naive_mae)
         every = self._settings.metrics.every_steps
         if learner.step // every > self._last_metrics_step // every:
             self._last_metrics_step = learner.step
@@ -272,10 +248,9 @@ class Runner:
             "naive_mae": learner.prequential.naive_mae,
             "events": self.consumed,
             "dead_lettered": self.dead_lettered,
-            "active_slots": len(learner.table.slot_of),
-            "parked_keys": len(learner.table.parked),
+            "keys": learner.keys_in_store(),
+            "rows_filled": learner.rows_filled,
             "resets": dict(learner.resets),
-            "evictions": learner.table.evictions,
             "lag": sum(self._lag.values()),
             "time": time.time(),
         }
@@ -404,13 +379,8 @@ class Runner:
 
     def _resync_counters(self) -> None:
         """Take the restored learner's counters as seen: Prometheus counters never go back."""
-        learner = self._learner
-        self._seen_steps = learner.step
-        self._seen_resets = Counter(learner.resets)
-        self._seen_evictions = learner.table.evictions
-        self._seen_parked_dropped = learner.table.parked_dropped
-        self._seen_nonfinite = learner.nonfinite_losses
-        self._last_metrics_step = learner.step
+        self._recorder.resync()
+        self._last_metrics_step = self._learner.step
 
     def _commit(self, offsets: dict[int, int]) -> None:
         changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}

@@ -37,7 +37,9 @@ class DemoSummary:
     dead_lettered: int
     train_steps: int
     resets: int
-    evictions: int
+    keys: int
+    rows_per_step: float
+    batch_size: int
     model_mae: float
     naive_mae: float
     elapsed_s: float
@@ -90,8 +92,8 @@ def run_demo(
         settings, dataset.n_features(), dataset.target_index, Path(scratch.name)
     )
     print(
-        f"lstmd demo: {dataset.name}, {len(dataset.keys)} keys into "
-        f"{settings.model.batch_size} slots, {len(messages):,} events "
+        f"lstmd demo: {dataset.name}, {len(dataset.keys)} keys, batches of "
+        f"{settings.model.batch_size} keys, {len(messages):,} events "
         f"({bad_events} deliberately bad)",
         file=out,
     )
@@ -138,7 +140,9 @@ def _summarise(options: dict, settings: Settings, daemon, events_in: int, starte
         dead_lettered=len(dead),
         train_steps=learner.step,
         resets=sum(learner.resets.values()),
-        evictions=learner.table.evictions,
+        keys=learner.keys_in_store(),
+        rows_per_step=round(learner.mean_rows_filled(), 1),
+        batch_size=settings.model.batch_size,
         model_mae=round(learner.prequential.model_mae, 4),
         naive_mae=round(learner.prequential.naive_mae, 4),
         elapsed_s=round(time.monotonic() - started, 2),
@@ -157,7 +161,8 @@ def _report(summary: DemoSummary, runner: Runner, out: TextIO) -> None:
         f"  dead-lettered      {summary.dead_lettered:>10,}   ({reasons})",
         f"  train steps        {summary.train_steps:>10,}",
         f"  state resets       {summary.resets:>10,}",
-        f"  slot evictions     {summary.evictions:>10,}",
+        f"  keys in store      {summary.keys:>10,}",
+        f"  keys per step      {summary.rows_per_step:>10.1f}   of {summary.batch_size} rows",
         f"  prequential MAE    {summary.model_mae:>10.3f}   lstmd",
         f"                     {summary.naive_mae:>10.3f}   naive last value ({verdict})",
         f"  elapsed            {summary.elapsed_s:>9.1f}s",

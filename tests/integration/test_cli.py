@@ -65,7 +65,7 @@ def test_check_config_masks_secrets():
     [
         ({"LSTMD_MODEL__WINDOW": "0"}, "model.window"),
         ({"LSTMD_MODEL__BATCH_SIZE": "many"}, "model.batch_size"),
-        ({"LSTMD_STREAM__MAX_PARKED_KEYS": "-1"}, "stream.max_parked_keys"),
+        ({"LSTMD_STREAM__MAX_KEYS": "-1"}, "stream.max_keys"),
         ({"LSTMD_MODEL__TARGET_INDEX": "[5]"}, "model"),
     ],
 )
@@ -191,7 +191,9 @@ def test_demo_acceptance_summary(tmp_path):
         "dead_lettered",
         "train_steps",
         "resets",
-        "evictions",
+        "keys",
+        "rows_per_step",
+        "batch_size",
         "model_mae",
         "naive_mae",
         "elapsed_s",
@@ -199,7 +201,8 @@ def test_demo_acceptance_summary(tmp_path):
     assert summary["events_in"] == 4000
     assert summary["dead_lettered"] == 12
     assert summary["predictions_out"] == summary["events_in"] - summary["dead_lettered"]
-    assert summary["evictions"] > 0 and summary["train_steps"] > 0
+    assert summary["keys"] == 51 and summary["train_steps"] > 0
+    assert summary["rows_per_step"] > summary["batch_size"] / 2  # keys share full batches
     assert summary["model_mae"] < summary["naive_mae"]
     assert "lstmd demo summary" in out.stdout
 

@@ -11,17 +11,20 @@ from daemon_helpers import daemon_settings
 
 from daemon.edges.kafka_io import produce_values, read_all
 from daemon.service.app import build_daemon
-from daemon.settings import Settings, StreamSettings
+from daemon.settings import MetricsSettings, Settings, StreamSettings
 
 pytestmark = pytest.mark.integration
 
-KEYS = [f"sensor-{i}" for i in range(6)]  # more keys than the 4 slots
+KEYS = [f"sensor-{i}" for i in range(6)]  # more keys than the 4 rows of a train step
 DAYS = 12
 
 
 def _settings(bootstrap: str, snapshot_dir) -> Settings:
     return daemon_settings(
-        bootstrap, snapshot_dir, stream=StreamSettings(max_batch_wait_ms=0, max_event_bytes=2048)
+        bootstrap,
+        snapshot_dir,
+        stream=StreamSettings(max_batch_wait_ms=0, max_event_bytes=2048),
+        metrics=MetricsSettings(host="127.0.0.1", port=0, every_steps=1),
     )
 
 

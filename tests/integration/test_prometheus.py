@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
-KEYS = [f"k{i}" for i in range(5)]  # more keys than the 4 slots: evictions happen
+KEYS = [f"k{i}" for i in range(5)]  # more keys than the 4 rows of a train step
 DAYS = 16
 BAD = [b"{not json", b'{"key": "x", "ts": 1700000000, "features": [1]}']
 # Prometheus's whole part of the run (start, scrapes, queries) stays well inside this.
@@ -224,7 +224,8 @@ def test_prometheus_scrapes_every_consumed_event(scraped_run):
     assert prometheus.value('lstmd_events_rejected_total{reason="invalid_json"}') == 1
     assert prometheus.value("lstmd_predictions_published_total") == sent - len(BAD)
     assert prometheus.value("lstmd_train_steps_total") >= 1
-    assert prometheus.value("lstmd_slot_evictions_total") >= 1
+    assert prometheus.value("lstmd_keys_in_store") == len(KEYS)
+    assert prometheus.value("lstmd_batch_rows_count") == prometheus.value("lstmd_train_steps_total")
     assert prometheus.value("lstmd_event_to_prediction_seconds_count") == sent - len(BAD)
 
 

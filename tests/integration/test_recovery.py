@@ -27,14 +27,14 @@ from daemon.edges.kafka_io import (
     produce_values,
     read_all,
 )
-from daemon.persist.checkpointing import LEARNER_ARRAYS, LEARNER_META, WEIGHTS, load_npz
+from daemon.persist.checkpointing import LEARNER_META, WEIGHTS, load_npz, store_file
 from daemon.persist.snapshots import SnapshotStore
 from daemon.service.app import build_daemon
 from daemon.settings import KafkaSettings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
-KEYS = [f"meter-{i}" for i in range(9)]  # 9 keys, 4 slots: parking all the time
+KEYS = [f"meter-{i}" for i in range(9)]  # 9 keys sharing 4 rows per train step
 DAYS = 140
 EVENTS = len(KEYS) * DAYS
 
@@ -125,7 +125,7 @@ def _final_state(directory: Path) -> dict:
     info, _ = SnapshotStore(directory, keep=1).newest_valid({})
     assert info is not None, f"no valid snapshot in {directory}"
     meta = json.loads((info.path / LEARNER_META).read_text())
-    arrays = load_npz(info.path / LEARNER_ARRAYS)
+    arrays = load_npz(info.path / store_file(0))
     with h5py.File(info.path / WEIGHTS, "r") as weights:
         tensors = {}
         weights.visititems(
@@ -135,12 +135,13 @@ def _final_state(directory: Path) -> dict:
         )
     keys = {
         key: {
-            "rows": arrays["key_rows"][i],
+            "states": arrays["states"][i],
+            "ahead": arrays["ahead"][i],
             "mean": arrays["fstat_mean"][i],
             "m2": arrays["fstat_m2"][i],
             "count": arrays["fstat_count"][i],
         }
-        for i, key in enumerate(meta["keys"])
+        for i, key in enumerate(meta["partitions"]["0"]["keys"])
     }
     return {"info": info, "meta": meta, "weights": tensors, "keys": keys, "arrays": arrays}
 
@@ -173,7 +174,7 @@ def stream(broker, tmp_path_factory):
 
 def test_reference_run_accounts_for_every_event(stream):
     meta, arrays = stream.reference["meta"], stream.reference["arrays"]
-    buffered = len(arrays["buf_key"])
+    buffered = len(arrays["ev_key"])
     assert meta["trained_events"] + buffered + meta["untrained"] == EVENTS
     assert meta["resets"] == {"event_flag": 1}
 
@@ -255,7 +256,7 @@ def _truncate(path: Path) -> None:
 
 
 def _flip(path: Path) -> None:
-    file = path / LEARNER_ARRAYS
+    file = path / store_file(0)
     data = bytearray(file.read_bytes())
     data[len(data) // 2] ^= 0xFF
     file.write_bytes(bytes(data))
@@ -267,11 +268,11 @@ def _missing(path: Path) -> None:
 
 def _version(path: Path) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
-    manifest["format_version"] = 99
+    manifest["format_version"] = 1  # the slot-table format of lstmd 0.1
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip, _missing, _version])
+@pytest.mark.parametrize("damage", [_truncate, _flip, _missing])
 def test_damaged_newest_snapshot_falls_back_with_a_metric_and_a_log_line(
     stream, damage, tmp_path, caplog
 ):
@@ -335,6 +336,27 @@ def test_no_valid_snapshot_refuses_to_start_unless_start_fresh(stream, tmp_path)
         timeout=120,
     )
     assert out.returncode == 2 and "model.units=8 (settings say 16)" in out.stderr
+
+
+def test_snapshot_of_another_format_version_is_refused_with_one_line(stream, tmp_path):
+    directory = tmp_path / "snaps"
+    directory.mkdir()
+    newest = sorted(p for p in (stream.tmp / "reference").iterdir() if p.name.startswith("snap-"))
+    subprocess.run(["cp", "-r", str(newest[-1]), str(directory)], check=True)
+    _version(next(directory.iterdir()))
+    env = stream.env("version", LSTMD_SNAPSHOT__DIRECTORY=str(directory))
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if "format version" in line]
+    assert (
+        len(lines) == 1 and "format version 1" in lines[0] and "reads format version 2" in lines[0]
+    )
 
 
 def test_snapshots_list_and_export_from_the_command_line(stream, tmp_path):

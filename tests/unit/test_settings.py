@@ -23,7 +23,7 @@ def clean_env(monkeypatch):
         ({"LSTMD_MODEL__UNITS": "1.5"}, "model.units"),
         ({"LSTMD_MODEL__LEARNING_RATE": "0"}, "model.learning_rate"),
         ({"LSTMD_MODEL__TARGET_INDEX": "[3]"}, "model"),
-        ({"LSTMD_STREAM__MAX_PARKED_KEYS": "-1"}, "stream.max_parked_keys"),
+        ({"LSTMD_STREAM__MAX_KEYS": "-1"}, "stream.max_keys"),
         ({"LSTMD_STREAM__MAX_BATCH_WAIT_MS": "soon"}, "stream.max_batch_wait_ms"),
         ({"LSTMD_STREAM__NORMALISE": "perhaps"}, "stream.normalise"),
         ({"LSTMD_KAFKA__SECURITY_PROTOCOL": "TLS"}, "kafka.security_protocol"),

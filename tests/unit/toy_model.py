@@ -8,18 +8,26 @@ import numpy as np
 
 
 class ToyModel:
-    def __init__(self, batch_size, n_features, n_targets=1, units=3, layers=1, seed=0):
+    def __init__(
+        self, batch_size, n_features, n_targets=1, units=3, layers=1, seed=0, infer_shape=None
+    ):
         rng = np.random.default_rng(seed)
         self.wx = rng.normal(0, 0.5, (n_features, units))
         self.wh = rng.normal(0, 0.5, (units, units))
         self.wo = rng.normal(0, 0.5, (units, n_targets))
         self.shape = (layers, 2, batch_size, units)
+        # Any shape works here; a narrow width exercises the learner's chunking.
+        self._infer_shape = infer_shape or (batch_size, 4)
         self.train_calls = []
         self.infer_calls = 0
 
     @property
     def state_shape(self):
         return self.shape
+
+    @property
+    def infer_shape(self):
+        return self._infer_shape
 
     def _run(self, x, mask, states):
         h = states[0, 0].astype(np.float64)

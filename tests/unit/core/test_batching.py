@@ -1,101 +1,98 @@
-"""Batches are fixed-shape, left-aligned, masked, and never cross the start of a sequence."""
+"""Batches are fixed-shape, left-aligned, masked, gather the keys' states, and never cross the
+start of a sequence."""
 
 import numpy as np
 import pytest
 
-from daemon.core.batching import build_infer_batch, build_train_batch
-from daemon.core.scaling import RunningStats
-from daemon.core.slots import KeyState, Pending
+from daemon.core.batching import build_infer_batch, build_train_batch, split_chunks, train_segment
+from daemon.core.pending import HAS_Y, STARTS_SEQUENCE
+from daemon.core.store import KeyStateStore
 
-F, T = 2, 3
+F, T, LAYERS, UNITS = 2, 3, 1, 4
 
 
-def _pending(value, trainable=True, starts=False, forecast=True, predicted=False):
-    p = Pending(
-        partition=0,
-        offset=int(value),
-        ts=float(value),
-        x=np.full(F, value, np.float32),
-        naive=None,
-        location=np.zeros(1),
-        spread=np.ones(1),
-        forecast_mode=forecast,
-        starts_sequence=starts,
-        received_at=0.0,
+def _store():
+    return KeyStateStore(0, LAYERS, UNITS, F, 1)
+
+
+def _key(store, key, values, trainable=None, starts=(), state=0.0):
+    """Add a key whose queue holds one event per value; the first `trainable` know their y."""
+    row = store.add(key)
+    store.states[row] = state
+    trainable = len(values) if trainable is None else trainable
+    for i, value in enumerate(values):
+        e = store.events.new()
+        store.events.x[e] = value
+        store.events.y[e] = value * 10
+        store.events.offset[e] = int(value)
+        store.events.flags[e] = (HAS_Y if i < trainable else 0) | (
+            STARTS_SEQUENCE if i in starts else 0
+        )
+        store.append(row, e)
+    store.trainable[row] = trainable
+    return row
+
+
+def _batch(store, rows, batch_size=3):
+    segments = [(store, row, train_segment(store, row, T)) for row in rows]
+    return build_train_batch(segments, batch_size, T, F, 1)
+
+
+def test_rows_are_left_aligned_padded_masked_and_start_from_the_keys_states():
+    store = _store()
+    a = _key(store, "a", [1, 2], state=0.5)
+    b = _key(store, "b", [3, 4, 5], state=-1.0)
+    batch = _batch(store, [a, b])
+    assert batch.x.shape == (3, T, F) and batch.y.shape == (3, T, 1)
+    assert batch.mask.tolist() == [[True, True, False], [True, True, True], [False] * 3]
+    assert batch.x[0, :, 0].tolist() == [1, 2, 0]
+    assert batch.y[1, :, 0].tolist() == [30, 40, 50]
+    assert batch.states.shape == (LAYERS, 2, 3, UNITS)
+    assert (batch.states[:, :, 0] == 0.5).all() and (batch.states[:, :, 1] == -1.0).all()
+    assert not batch.states[:, :, 2].any()
+
+
+def test_segment_takes_at_most_window_events_and_stops_at_untrainable():
+    store = _store()
+    long = _key(store, "long", [1, 2, 3, 4, 5])
+    waiting = _key(store, "waiting", [1, 2, 3], trainable=1)
+    assert len(train_segment(store, long, T)) == T
+    assert len(train_segment(store, waiting, T)) == 1
+
+
+def test_segment_stops_before_a_new_sequence_and_a_row_that_starts_one_has_zero_state():
+    store = _store()
+    row = _key(store, "a", [1, 2, 3], starts=(1,), state=0.7)
+    assert len(train_segment(store, row, T)) == 1
+    store.take(row, 1)
+    batch = _batch(store, [row])
+    assert batch.mask[0].tolist() == [True, True, False]
+    assert not batch.states.any()  # the row begins a new sequence
+
+
+def test_chunks_are_at_most_the_width_and_split_at_a_sequence_start():
+    store = _store()
+    row = _key(store, "a", [1, 2, 3, 4, 5, 6], starts=(4,))
+    chunks = split_chunks(store, store.queue(row), 3)
+    offsets = [[int(store.events.offset[e]) for e in chunk] for chunk in chunks]
+    assert offsets == [[1, 2, 3], [4], [5, 6]]
+
+
+def test_infer_batch_runs_each_chunk_from_its_given_state_or_zero_at_a_sequence_start():
+    store = _store()
+    a = _key(store, "a", [1, 2])
+    b = _key(store, "b", [7], starts=(0,))
+    start = np.full((LAYERS, 2, UNITS), 0.25, np.float32)
+    batch = build_infer_batch(
+        [(store, a, store.queue(a), start), (store, b, store.queue(b), start)], 4, 3, F, 1
     )
-    if trainable:
-        p.y = np.array([value * 10], np.float32)
-    if predicted:
-        p.prediction = np.zeros(1)
-    return p
+    assert batch.x.shape == (4, 3, F)
+    assert batch.mask.tolist()[:2] == [[True, True, False], [True, False, False]]
+    assert (batch.states[:, :, 0] == 0.25).all() and not batch.states[:, :, 1].any()
 
 
-def _state(key, events):
-    state = KeyState(key, RunningStats(F), RunningStats(1))
-    state.buffer = list(events)
-    return state
-
-
-def test_rows_are_left_aligned_padded_and_masked():
-    rows = [
-        _state("a", [_pending(1), _pending(2)]),
-        None,
-        _state("c", [_pending(5, trainable=False)]),
-    ]
-    batch = build_train_batch(rows, T, F, 1)
-    assert batch.x.shape == (3, T, F) and batch.y.shape == (3, T, 1) and batch.mask.shape == (3, T)
-    np.testing.assert_array_equal(batch.mask, [[1, 1, 0], [0, 0, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(batch.x[0, :, 0], [1, 2, 0])
-    np.testing.assert_array_equal(batch.y[0, :, 0], [10, 20, 0])
-    assert [(slot, len(events)) for slot, events in batch.taken] == [(0, 2)]
-
-
-def test_row_takes_at_most_window_events_and_stops_at_untrainable():
-    rows = [
-        _state("a", [_pending(i) for i in range(1, 6)]),
-        _state("b", [_pending(1), _pending(2, trainable=False)]),
-    ]
-    batch = build_train_batch(rows, T, F, 1)
-    assert [len(events) for _, events in batch.taken] == [T, 1]
-
-
-def test_row_stops_before_a_new_sequence_and_resets_when_it_starts_one():
-    rows = [
-        _state("a", [_pending(1), _pending(2, starts=True), _pending(3)]),
-        _state("b", [_pending(4, starts=True), _pending(5)]),
-    ]
-    batch = build_train_batch(rows, T, F, 1)
-    assert [len(events) for _, events in batch.taken] == [1, 2]
-    assert batch.reset_rows == [1]
-
-
-def test_no_trainable_event_means_no_batch():
-    assert build_train_batch([_state("a", [_pending(1, trainable=False)]), None], T, F, 1) is None
-
-
-def test_infer_batch_runs_the_newest_sequence_for_waiting_events():
-    rows = [
-        _state("a", [_pending(1, predicted=True), _pending(2, trainable=False)]),
-        _state("b", [_pending(3, predicted=True), _pending(4, starts=True, trainable=False)]),
-        _state("c", [_pending(6, forecast=False)]),
-        _state("d", [_pending(7, predicted=True)]),
-    ]
-    batch = build_infer_batch(rows, T + 1, F, include_supervised=False)
-    assert batch.x.shape == (4, T + 1, F)
-    assert [(slot, t) for slot, t, _ in batch.wanted] == [(0, 1), (1, 0)]
-    assert batch.zero_rows == [1]
-    np.testing.assert_array_equal(batch.x[0, :2, 0], [1, 2])  # context, then the waiting event
-    np.testing.assert_array_equal(batch.x[1, :1, 0], [4])
-    with_supervised = build_infer_batch(rows, T + 1, F, include_supervised=True)
-    assert (2, 0) in [(slot, t) for slot, t, _ in with_supervised.wanted]
-
-
-def test_infer_batch_is_none_when_nothing_waits():
-    rows = [_state("a", [_pending(1, predicted=True)])]
-    assert build_infer_batch(rows, T + 1, F, include_supervised=True) is None
-
-
-def test_infer_batch_refuses_a_sequence_longer_than_its_width():
-    rows = [_state("a", [_pending(i, trainable=False) for i in range(T + 2)])]
-    with pytest.raises(AssertionError):
-        build_infer_batch(rows, T + 1, F, include_supervised=False)
+def test_batches_refuse_more_rows_than_they_have():
+    store = _store()
+    rows = [_key(store, k, [1]) for k in "abcd"]
+    with pytest.raises(ValueError, match="1 to 3"):
+        _batch(store, rows, batch_size=3)

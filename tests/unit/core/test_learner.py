@@ -1,5 +1,6 @@
-"""The learner's bookkeeping, with a numpy toy model: one prediction per event, parking that
-preserves state, every reset branch, ordering and prequential scoring."""
+"""The learner's bookkeeping, with a numpy toy model: one prediction per event, keys sharing the
+B rows without losing state, the batch-close rule, batched forecasts, every reset branch,
+ordering and prequential scoring."""
 
 import numpy as np
 import pytest
@@ -78,23 +79,71 @@ def test_supervised_events_get_predictions_from_the_train_step():
     assert all(p.mode == "supervised" and p.target is not None for p in published)
 
 
-def test_evicted_key_state_equals_the_never_evicted_state():
+def test_keys_sharing_few_rows_end_with_the_state_each_would_have_alone():
     keys = [f"k{i}" for i in range(7)]
     events = _stream(keys, days=10)
-    roomy, _ = _learner(_settings(batch_size=8))
-    tight, _ = _learner(_settings(batch_size=2))
-    _feed(roomy, events)
-    _feed(tight, events)
-    assert tight.table.evictions > 20
+    shared, _ = _learner(_settings(batch_size=2))
+    _feed(shared, events)
+    assert shared.step > 10 and shared.keys_in_store() == 7
     for key in keys:
-        np.testing.assert_allclose(tight.key_state(key), roomy.key_state(key), atol=1e-6)
+        alone, _ = _learner(_settings(batch_size=2))
+        _feed(alone, [e for e in events if e.key == key])
+        np.testing.assert_allclose(shared.key_state(key), alone.key_state(key), atol=1e-6)
 
 
-def test_parked_state_dropped_past_cap_restarts_from_zero_and_is_counted():
-    learner, _ = _learner(_settings(batch_size=2, max_parked_keys=1))
-    _feed(learner, _stream(["a", "b", "c", "d"], days=3))
-    assert learner.resets["parked_dropped"] > 0
-    assert learner.table.parked_dropped == learner.resets["parked_dropped"]
+def test_store_past_max_keys_drops_the_least_recent_key_which_restarts_from_zero():
+    learner, _ = _learner(_settings(batch_size=2, max_keys=2))
+    events = [_event(k, d, d + 1) for d in range(4) for k in "ab"]
+    _feed(learner, events)
+    assert learner.key_state("a").any()
+    learner.ingest(_event("c", 10, 1), 0, 100)  # "a" is the least recently active
+    assert learner.resets["dropped"] == 1 and learner.keys_in_store() == 2
+    assert learner.key_state("a") is None and learner.key_state("b") is not None
+    learner.ingest(_event("a", 11, 1), 0, 101)  # back, from zero: "b" goes now
+    assert not learner.key_state("a").any() and learner.key_state("b") is None
+
+
+def test_batch_closes_when_b_keys_hold_a_full_window():
+    learner, model = _learner(_settings(batch_size=2, window=3))
+    # Forecast mode: a key's event becomes trainable when its successor arrives.
+    for offset, event in enumerate(_stream(["a", "b", "c"], days=3)):
+        learner.ingest(event, 0, offset)
+    assert learner.step == 0  # each key holds 2 trainable events
+    learner.ingest(_event("a", 3, 1), 0, 9)
+    assert learner.step == 0  # one full key of three with trainable events
+    learner.ingest(_event("b", 3, 1), 0, 10)
+    assert learner.step == 1
+    assert model.train_calls[0].sum(axis=1).tolist() == [3, 3]  # two rows, a full window each
+
+
+def test_few_keys_train_as_soon_as_every_waiting_key_is_full():
+    learner, model = _learner(_settings(batch_size=4, window=3))
+    for offset, event in enumerate(_stream(["a"], days=4)):
+        learner.ingest(event, 0, offset)
+    assert learner.step == 1 and model.train_calls[0].sum() == 3
+
+
+def test_a_hot_key_does_not_wait_for_cold_ones_without_bound():
+    learner, _ = _learner(_settings(batch_size=2, window=3))
+    learner.ingest(_event("cold", 0, 1), 0, 0)
+    learner.ingest(_event("cold", 1, 1), 0, 1)  # one trainable event, never full
+    for day in range(6):
+        learner.ingest(_event("hot", day, day), 0, 2 + day)
+    assert learner.step == 0  # 5 trainable: below two windows
+    learner.ingest(_event("hot", 6, 6), 0, 8)
+    assert learner.step == 1
+
+
+def test_forecasts_of_a_poll_take_one_inference_call_per_chunk_depth():
+    settings = _settings(batch_size=2, window=50)
+    model = ToyModel(2, 2, infer_shape=(64, 4))
+    learner = OnlineLearner(settings, model, clock=lambda: 0.0)
+    keys = [f"k{i}" for i in range(40)]
+    for offset, event in enumerate(_stream(keys, days=6)):  # 6 events per key: 2 chunks of 4
+        learner.ingest(event, 0, offset)
+    learner.end_of_poll()
+    assert model.infer_calls == 2
+    assert len(learner.take_outbox()) == 240
 
 
 def test_reset_flag_starts_a_new_sequence_from_zero_state():
@@ -161,11 +210,12 @@ def test_difference_scaling_learns_the_step_from_the_current_level():
     values = [10.0, 12.0, 11.0, 15.0]
     for day, value in enumerate(values):
         learner.ingest(_event("a", day, value), 0, day)
-    buffer = learner.table.bound("a").buffer
+    store = learner.stores[0]
+    third = store.queue(store.row_of["a"])[2]
     steps = np.diff(values[:3])  # the steps known when event 2 arrived
-    assert buffer[2].location[0] == 11.0
-    assert buffer[2].spread[0] == pytest.approx(np.std(steps))
-    assert buffer[2].y[0] == pytest.approx((15.0 - 11.0) / np.std(steps))
+    assert store.events.location[third][0] == 11.0
+    assert store.events.spread[third][0] == pytest.approx(np.std(steps))
+    assert store.events.y[third][0] == pytest.approx((15.0 - 11.0) / np.std(steps))
 
 
 def test_difference_scaling_ignores_the_step_across_a_reset():
@@ -173,5 +223,6 @@ def test_difference_scaling_ignores_the_step_across_a_reset():
     for day, value in enumerate([1.0, 2.0, 3.0]):
         learner.ingest(_event("a", day, value), 0, day)
     learner.ingest(_event("a", 3, 1000.0, reset=True), 0, 3)
-    state = learner.table.bound("a")
-    assert state.diff_stats.count == 2 and state.diff_stats.mean[0] == 1.0
+    store = learner.stores[0]
+    row = store.row_of["a"]
+    assert store.step_stats.count[row] == 2 and store.step_stats.mean[row][0] == 1.0

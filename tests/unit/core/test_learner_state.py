@@ -15,7 +15,7 @@ from daemon.settings import ModelSettings, Settings, StreamSettings
 def _settings():
     return Settings(
         model=ModelSettings(n_features=2, batch_size=3, window=3),
-        stream=StreamSettings(max_batch_wait_ms=0, max_parked_keys=4, reset_after_idle_s=5),
+        stream=StreamSettings(max_batch_wait_ms=0, max_keys=5, reset_after_idle_s=5),
     )
 
 
@@ -46,7 +46,7 @@ def _events():
 def _feed(learner, events, start=0):
     published = []
     for offset, event in enumerate(events, start=start):
-        learner.ingest(event, 0, offset)
+        learner.ingest(event, offset % 2, offset)  # two input partitions
         if offset % 4 == 3:
             learner.end_of_poll()
         published += learner.take_outbox()
@@ -54,52 +54,95 @@ def _feed(learner, events, start=0):
 
 
 def _round_trip(learner):
-    arrays, meta = export_learner(learner)
+    parts, meta = export_learner(learner)
     meta = json.loads(json.dumps(meta))  # it is written as JSON
+    parts = {
+        p: ({k: v.copy() for k, v in arrays.items()}, json.loads(json.dumps(part_meta)))
+        for p, (arrays, part_meta) in parts.items()
+    }
     fresh = _learner()
-    import_learner(fresh, {k: v.copy() for k, v in arrays.items()}, meta, now=0.0)
+    import_learner(fresh, parts, meta, now=0.0)
     return fresh
+
+
+def _queues(learner):
+    """Every key's pending events as (partition, key) -> [(offset, flags, x, y)]."""
+    out = {}
+    for partition, store in learner.stores.items():
+        events = store.events
+        for key, row in store.row_of.items():
+            out[(partition, key)] = [
+                (
+                    int(events.offset[e]),
+                    int(events.flags[e]),
+                    events.x[e].tolist(),
+                    events.y[e].tolist(),
+                )
+                for e in store.queue(row)
+            ]
+    return out
 
 
 def test_restored_learner_continues_exactly_like_the_uninterrupted_one():
     events = _events()
     cut = 41
     straight = _learner()
-    _feed(straight, events)
+    straight_out = _feed(straight, events)
     first = _learner()
-    _feed(first, events[:cut])
-    assert first.table.parked and any(s.buffer for s in first.table.parked.values())
+    first_out = _feed(first, events[:cut])
+    assert first.resets["dropped"] > 0 and first.pending_events() > 0
     resumed = _round_trip(first)
-    _feed(resumed, events[cut:], start=cut)
+    resumed_out = _feed(resumed, events[cut:], start=cut)
     for learner in (straight, resumed):
         learner.drain()
     assert resumed.step == straight.step
     assert dict(resumed.resets) == dict(straight.resets)
-    assert resumed.table.evictions == straight.table.evictions
+    assert resumed.trained_events == straight.trained_events
     for key in [f"k{k}" for k in range(7)]:
-        np.testing.assert_array_equal(resumed.key_state(key), straight.key_state(key))
-    state_a = resumed.table.bound(key) or resumed.table.parked[key]
-    state_b = straight.table.bound(key) or straight.table.parked[key]
-    np.testing.assert_array_equal(state_a.feature_stats.mean, state_b.feature_stats.mean)
+        state = straight.key_state(key)
+        if state is None:
+            assert resumed.key_state(key) is None
+        else:
+            np.testing.assert_array_equal(resumed.key_state(key), state)
+    for partition, store in straight.stores.items():
+        other = resumed.stores[partition]
+        rows = [store.row_of[k] for k in store.row_of]
+        other_rows = [other.row_of[k] for k in store.row_of]
+        np.testing.assert_array_equal(
+            other.feature_stats.mean[other_rows], store.feature_stats.mean[rows]
+        )
+    before = {p.offset: p.prediction for p in straight_out}
+    after = {p.offset: p.prediction for p in first_out + resumed_out}
+    assert sorted(after) == sorted(before)
+    for offset, prediction in before.items():
+        np.testing.assert_array_equal(after[offset], prediction)
 
 
-def test_round_trip_preserves_slots_order_buffers_and_counters():
+def test_round_trip_preserves_keys_queues_wait_order_and_counters():
     learner = _learner()
     _feed(learner, _events()[:30])
     restored = _round_trip(learner)
-    assert restored.table.slot_of == learner.table.slot_of
-    assert restored.table.recency_order() == learner.table.recency_order()
-    assert list(restored.table.parked) == list(learner.table.parked)
-    assert restored.table.free_slots() == learner.table.free_slots()
-    np.testing.assert_array_equal(restored.table.states, learner.table.states)
-    for key, state in learner.table.parked.items():
-        other = restored.table.parked[key]
-        assert [p.offset for p in other.buffer] == [p.offset for p in state.buffer]
-        np.testing.assert_array_equal(other.parked_state, state.parked_state)
+    for partition, store in learner.stores.items():
+        other = restored.stores[partition]
+        assert list(other.row_of) == list(store.row_of)
+        rows = list(store.row_of.values())
+        other_rows = list(other.row_of.values())
+        np.testing.assert_array_equal(other.states[other_rows], store.states[rows])
+        np.testing.assert_array_equal(other.ahead[other_rows], store.ahead[rows])
+        np.testing.assert_array_equal(other.last_active[other_rows], store.last_active[rows])
+    assert _queues(restored) == _queues(learner)
+    names = {p: list(s.row_of) for p, s in learner.stores.items()}
+    restored_names = {p: list(s.row_of) for p, s in restored.stores.items()}
+    by_name = [(p, names[p].index(learner.stores[p].keys[r])) for p, r in learner.ready_keys()]
+    again = [
+        (p, restored_names[p].index(restored.stores[p].keys[r])) for p, r in restored.ready_keys()
+    ]
+    assert again == by_name and by_name
     assert restored.step == learner.step and restored.untrained == learner.untrained
     assert restored.prequential == learner.prequential
+    assert restored.stamp == learner.stamp
 
 
 def test_empty_learner_round_trips():
     restored = _round_trip(_learner())
-    assert restored.step == 0 and not restored.table.slot_of
+    assert restored.step == 0 and restored.keys_in_store() == 0

@@ -1,30 +1,32 @@
-"""Per-key normalisation: running moments are exact and keys of any scale end near unit scale."""
+"""Per-key normalisation: running moments are exact per row, rows are independent, and keys of
+any scale end near unit scale."""
 
 import numpy as np
 
-from daemon.core.scaling import CLIP_SIGMAS, RunningStats, denormalise, normalise
+from daemon.core.scaling import CLIP_SIGMAS, StatsColumns, denormalise, normalise
 
 
 def test_running_moments_match_numpy():
     rng = np.random.default_rng(0)
     values = rng.normal(500.0, 40.0, size=(200, 3))
-    stats = RunningStats(3)
-    for row in values:
-        stats.update(row)
-    location, spread = stats.scale()
+    stats = StatsColumns(3, capacity=4)
+    for value in values:
+        stats.update(2, value)
+    location, spread = stats.scale(2)
     np.testing.assert_allclose(location, values.mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(spread, values.std(axis=0), rtol=1e-10)
+    assert stats.count.tolist() == [0, 0, 200, 0]  # the other rows are untouched
 
 
 def test_keys_differing_100x_in_scale_normalise_alike():
     rng = np.random.default_rng(1)
     base = rng.normal(0.0, 1.0, size=(300, 1))
-    small, large = RunningStats(1), RunningStats(1)
-    for row in base:
-        small.update(10 + 2 * row)
-        large.update(1000 + 200 * row)
-    z_small = normalise(10 + 2 * base[-1], *small.scale())
-    z_large = normalise(1000 + 200 * base[-1], *large.scale())
+    stats = StatsColumns(1, capacity=2)
+    for value in base:
+        stats.update(0, 10 + 2 * value)
+        stats.update(1, 1000 + 200 * value)
+    z_small = normalise(10 + 2 * base[-1], *stats.scale(0))
+    z_large = normalise(1000 + 200 * base[-1], *stats.scale(1))
     np.testing.assert_allclose(z_small, z_large, rtol=1e-9)
 
 
@@ -38,17 +40,23 @@ def test_normalise_round_trips_and_clips():
 
 
 def test_constant_feature_does_not_divide_by_zero():
-    stats = RunningStats(1)
+    stats = StatsColumns(1, capacity=1)
     for _ in range(10):
-        stats.update(np.array([0.0]))
-    z = normalise(np.array([1.0]), *stats.scale())
+        stats.update(0, np.array([0.0]))
+    z = normalise(np.array([1.0]), *stats.scale(0))
     assert np.isfinite(z).all() and abs(z[0]) <= CLIP_SIGMAS
 
 
-def test_stats_round_trip_through_arrays():
-    stats = RunningStats(2)
-    stats.update(np.array([1.0, 2.0]))
-    stats.update(np.array([3.0, 5.0]))
-    copy = RunningStats.from_arrays(*stats.to_arrays())
-    assert copy.count == 2
-    np.testing.assert_array_equal(copy.scale()[1], stats.scale()[1])
+def test_rows_grow_clear_and_round_trip_through_arrays():
+    stats = StatsColumns(2, capacity=1)
+    stats.update(0, np.array([1.0, 2.0]))
+    stats.update(0, np.array([3.0, 5.0]))
+    stats.grow(4)
+    stats.update(3, np.array([7.0, 7.0]))
+    copy = StatsColumns(2, capacity=4)
+    rows = np.array([0, 3])
+    copy.put(rows, *stats.to_arrays(rows))
+    assert copy.count.tolist() == [2, 0, 0, 1]
+    np.testing.assert_array_equal(copy.scale(0)[1], stats.scale(0)[1])
+    stats.clear(0)
+    assert stats.count[0] == 0 and not stats.mean[0].any()

@@ -147,7 +147,7 @@ def test_lstmd_path_forecasts_every_event_and_agrees_with_the_learners_own_score
         model_factory=lambda s: ToyModel(s.model.batch_size, s.model.n_features),
     )
     assert np.isfinite(run.forecasts).all()  # one published forecast per event, the last too
-    assert run.rejected == 0 and run.train_steps > 0 and run.evictions > 0
+    assert run.rejected == 0 and run.train_steps > 0 and run.inference_calls > 0
     errors = pair_errors(run.forecasts, np.array(values), scored_pairs(keys))
     assert error_summary(errors).mae == pytest.approx(run.learner_mae)
 

@@ -21,6 +21,7 @@ def _settings(layers: int = 1, **overrides) -> ModelSettings:
         units=UNITS,
         layers=layers,
         batch_size=B,
+        infer_batch_size=B,
         window=T,
         learning_rate=0.01,
         clipnorm=1.0,

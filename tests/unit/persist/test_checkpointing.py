@@ -18,7 +18,9 @@ from daemon.settings import ModelSettings, Settings, StreamSettings
 
 def _settings():
     return Settings(
-        model=ModelSettings(n_features=2, units=6, batch_size=3, window=3, deterministic=True),
+        model=ModelSettings(
+            n_features=2, units=6, batch_size=3, infer_batch_size=3, window=3, deterministic=True
+        ),
         stream=StreamSettings(max_batch_wait_ms=0),
     )
 
@@ -45,7 +47,7 @@ def _events():
 
 def _feed(learner, events, start=0):
     for offset, event in enumerate(events, start=start):
-        learner.ingest(event, 0, offset)
+        learner.ingest(event, int(event.key[1:]) % 2, offset)  # keyed: two partitions
     learner.end_of_poll()
     learner.take_outbox()
 
@@ -58,8 +60,9 @@ def test_restored_daemon_trains_to_the_same_weights_as_an_uninterrupted_one(tmp_
 
     model, learner, checkpointer = _parts(tmp_path / "b")
     _feed(learner, events[:cut])
-    info = checkpointer.save({0: cut})
-    assert info.valid and info.offsets == {0: cut}
+    info = checkpointer.save({0: cut, 1: cut})
+    assert info.valid and info.offsets == {0: cut, 1: cut}
+    assert {"store-0.npz", "store-1.npz"} <= set(info.manifest["files"])
 
     model2, learner2, checkpointer2 = _parts(tmp_path / "b")
     restored, skipped = checkpointer2.restore()
@@ -104,13 +107,13 @@ def test_a_snapshot_that_verifies_but_cannot_be_loaded_is_skipped_and_nothing_st
     _feed(learner, _events()[20:], start=20)
     newest = checkpointer.save({0: 60})
     # Written by an incompatible version: the files verify, but an array it needs is missing.
-    arrays = dict(np.load(newest.path / "learner.npz", allow_pickle=False))
-    del arrays["key_rows"]
-    with (newest.path / "learner.npz").open("wb") as handle:
+    arrays = dict(np.load(newest.path / "store-1.npz", allow_pickle=False))
+    del arrays["ahead"]
+    with (newest.path / "store-1.npz").open("wb") as handle:
         np.savez(handle, **arrays)
     manifest = json.loads((newest.path / "manifest.json").read_text())
-    data = (newest.path / "learner.npz").read_bytes()
-    manifest["files"]["learner.npz"] = {
+    data = (newest.path / "store-1.npz").read_bytes()
+    manifest["files"]["store-1.npz"] = {
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
     }
@@ -121,3 +124,4 @@ def test_a_snapshot_that_verifies_but_cannot_be_loaded_is_skipped_and_nothing_st
     assert info.snapshot_id == older.snapshot_id
     assert skipped[0][0] == newest.snapshot_id and "cannot be loaded" in skipped[0][1]
     assert fresh.step == older.step
+    assert fresh.keys_in_store() == 5 and set(fresh.stores) == {0, 1}

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from daemon import __version__
 from daemon.core.events import Reason
-from daemon.core.slots import ResetReason
+from daemon.core.store import ResetReason
 from daemon.service.metrics import DaemonMetrics
 from daemon.settings import ModelSettings
 
@@ -52,8 +52,7 @@ def test_counters_count_with_the_prometheus_names(metrics):
     metrics.predictions_published.inc(5)
     metrics.predictions_failed.inc()
     metrics.resets.labels(reason="event_flag").inc()
-    metrics.evictions.inc(4)
-    metrics.parked_dropped.inc()
+    metrics.inference_calls.inc(4)
     metrics.snapshot_failures.inc()
     metrics.snapshot_fallbacks.inc()
     assert _value(metrics, "lstmd_events_consumed_total") == 3
@@ -63,8 +62,7 @@ def test_counters_count_with_the_prometheus_names(metrics):
     assert _value(metrics, "lstmd_predictions_published_total") == 5
     assert _value(metrics, "lstmd_predictions_failed_total") == 1
     assert _value(metrics, "lstmd_state_resets_total", reason="event_flag") == 1
-    assert _value(metrics, "lstmd_slot_evictions_total") == 4
-    assert _value(metrics, "lstmd_parked_states_dropped_total") == 1
+    assert _value(metrics, "lstmd_inference_calls_total") == 4
     assert _value(metrics, "lstmd_snapshot_failures_total") == 1
     assert _value(metrics, "lstmd_snapshot_fallbacks_total") == 1
 
@@ -90,8 +88,9 @@ def test_gauges_start_as_not_yet_known_rather_than_zero(metrics):
 def test_gauges_and_histograms_record(metrics):
     metrics.loss.set(0.25)
     metrics.prequential_mae.labels(model="lstmd").set(1.5)
-    metrics.parked_keys.set(7)
-    metrics.active_slots.set(3)
+    metrics.keys_in_store.set(7)
+    metrics.pending_events.set(3)
+    metrics.batch_rows.observe(32)
     metrics.step_duration.observe(0.004)
     metrics.latency.observe(0.2)
     metrics.latency.observe(40.0)
@@ -99,8 +98,10 @@ def test_gauges_and_histograms_record(metrics):
     metrics.snapshot_last_success.set(1_700_000_000)
     assert _value(metrics, "lstmd_loss") == 0.25
     assert _value(metrics, "lstmd_prequential_mae", model="lstmd") == 1.5
-    assert _value(metrics, "lstmd_parked_keys") == 7
-    assert _value(metrics, "lstmd_active_slots") == 3
+    assert _value(metrics, "lstmd_keys_in_store") == 7
+    assert _value(metrics, "lstmd_pending_events") == 3
+    assert _value(metrics, "lstmd_batch_rows_bucket", le="16.0") == 0
+    assert _value(metrics, "lstmd_batch_rows_bucket", le="32.0") == 1
     assert _value(metrics, "lstmd_train_step_duration_seconds_bucket", le="0.005") == 1
     assert _value(metrics, "lstmd_event_to_prediction_seconds_count") == 2
     assert _value(metrics, "lstmd_event_to_prediction_seconds_bucket", le="30.0") == 1
@@ -183,7 +184,8 @@ def test_dashboard_panels_query_only_metrics_the_daemon_defines():
         "lstmd_event_to_prediction_seconds_bucket",
         "lstmd_consumer_lag",
         "lstmd_state_resets_total",
-        "lstmd_slot_evictions_total",
+        "lstmd_keys_in_store",
+        "lstmd_batch_rows_sum",
         "lstmd_events_rejected_total",
     }
     assert wanted <= used, wanted - used

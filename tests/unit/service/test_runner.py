@@ -121,7 +121,7 @@ def test_consecutive_nonfinite_steps_roll_back_to_the_last_good_snapshot(tmp_pat
         r.getMessage() for r in caplog.records
     ]
     assert h.source.seeks[-1] == ((TOPIC, 0), good.offsets[0])
-    assert not np.isnan(h.learner.table.states).any()
+    assert not any(np.isnan(s.states).any() for s in h.learner.stores.values())
     h.model.train_step = train_step
     h.turns(6)
     assert h.source.drained and h.learner.consecutive_nonfinite == 0

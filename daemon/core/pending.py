@@ -1,0 +1,99 @@
+"""Pending events: accepted events not yet trained on, as rows of contiguous arrays. Pure.
+
+Every key holds a queue of pending events (oldest first). An idle key in forecast mode always
+holds one, its newest event, waiting for the successor that brings its target, so a Python
+object per pending event would cost an idle key hundreds of bytes. Instead every field is one
+column of an array indexed by an event id, and each key's queue is a linked list through `next`.
+Ids are recycled through a free list; the arrays grow by doubling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Flag bits of `flags`.
+HAS_Y = 1  # the target is known: the event is trainable
+HAS_NAIVE = 2  # a naive forecast exists to score the model against
+STARTS_SEQUENCE = 4  # a reset: the event starts a new sequence of its key
+FORECAST_MODE = 8  # no `target` in the event: its target is its successor's features
+ANSWERED = 16  # its prediction was published
+
+NO_EVENT = -1
+
+
+class PendingEvents:
+    """A pool of pending events with per-key linked queues kept by the caller (head, tail)."""
+
+    def __init__(self, n_inputs: int, n_targets: int, capacity: int = 256) -> None:
+        self.n_inputs = n_inputs
+        self.n_targets = n_targets
+        self.capacity = 0
+        self._free: list[int] = []
+        self.live = 0
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        old = self.capacity
+        shapes: dict[str, tuple[tuple[int, ...], type]] = {
+            "x": ((self.n_inputs,), np.float32),  # normalised model input
+            "y": ((self.n_targets,), np.float32),  # normalised target
+            "target": ((self.n_targets,), np.float64),  # original units
+            "naive": ((self.n_targets,), np.float64),  # naive forecast of the target
+            "location": ((self.n_targets,), np.float64),  # target normalisation, frozen at
+            "spread": ((self.n_targets,), np.float64),  # ingest so that nothing leaks back
+            "prediction": ((self.n_targets,), np.float64),  # original units, once answered
+            "ts": ((), np.float64),
+            "offset": ((), np.int64),
+            "received_at": ((), np.float64),
+            "flags": ((), np.uint8),
+            "next": ((), np.int64),
+        }
+        for name, (tail, dtype) in shapes.items():
+            grown = np.zeros((capacity, *tail), dtype=dtype)
+            if old:
+                grown[:old] = getattr(self, name)
+            setattr(self, name, grown)
+        self.x: np.ndarray
+        self.y: np.ndarray
+        self.target: np.ndarray
+        self.naive: np.ndarray
+        self.location: np.ndarray
+        self.spread: np.ndarray
+        self.prediction: np.ndarray
+        self.ts: np.ndarray
+        self.offset: np.ndarray
+        self.received_at: np.ndarray
+        self.flags: np.ndarray
+        self.next: np.ndarray
+        self._free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def new(self) -> int:
+        """Return a free event id (its fields hold stale values: the caller sets every one)."""
+        if not self._free:
+            self._allocate(max(256, 2 * self.capacity))
+        event = self._free.pop()
+        self.next[event] = NO_EVENT
+        self.flags[event] = 0
+        self.live += 1
+        return event
+
+    def release(self, event: int) -> None:
+        """Give an event id back to the pool."""
+        self.flags[event] = 0
+        self._free.append(event)
+        self.live -= 1
+
+    def chain(self, head: int) -> list[int]:
+        """Return the ids of a queue, oldest first."""
+        ids = []
+        event = head
+        nxt = self.next
+        while event != NO_EVENT:
+            ids.append(event)
+            event = int(nxt[event])
+        return ids
+
+    def has(self, event: int, flag: int) -> bool:
+        """Say whether `flag` is set on `event`."""
+        return bool(self.flags[event] & flag)

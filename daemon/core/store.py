@@ -1,0 +1,219 @@
+"""The key-state store of one input partition: every key's state as rows of contiguous arrays.
+
+Pure (numpy only). A key → row map points into arrays that hold, per key, its LSTM state (h and c
+per layer), the state its forecasts run ahead on, its normalisation statistics, its last event
+time and values, and the head and tail of its queue of pending events (`PendingEvents`). Gathering
+any B keys' states is one indexed copy, and an idle key costs little more than its raw bytes.
+Arrays grow by doubling; rows of dropped keys are reused.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+import numpy as np
+
+from daemon.core.pending import ANSWERED, HAS_Y, NO_EVENT, PendingEvents
+from daemon.core.scaling import StatsColumns
+
+_INITIAL_ROWS = 64
+
+
+class ResetReason(StrEnum):
+    """Why a key's LSTM state was set to zero."""
+
+    EVENT_FLAG = "event_flag"
+    IDLE_GAP = "idle_gap"
+    PERIODIC = "periodic"
+    DROPPED = "dropped"
+
+
+def reset_reason(
+    last_ts: float, ts: float, reset_flag: bool, reset_after_idle_s: float
+) -> ResetReason | None:
+    """Decide whether an event starts a new sequence for its key (per-key reset policy).
+
+    Args:
+        last_ts: the key's previous event time; NaN for a key's first event.
+    """
+    if math.isnan(last_ts):
+        return None
+    if reset_flag:
+        return ResetReason.EVENT_FLAG
+    if reset_after_idle_s > 0 and ts - last_ts > reset_after_idle_s:
+        return ResetReason.IDLE_GAP
+    return None
+
+
+class KeyStateStore:
+    """Keys of one input partition, their states, statistics and pending events."""
+
+    def __init__(
+        self,
+        partition: int,
+        layers: int,
+        units: int,
+        n_inputs: int,
+        n_targets: int,
+        capacity: int = _INITIAL_ROWS,
+    ) -> None:
+        self.partition = partition
+        self.layers, self.units = layers, units
+        self.n_inputs, self.n_targets = n_inputs, n_targets
+        self.row_of: dict[str, int] = {}
+        self.keys: list[str | None] = []
+        self._free_rows: list[int] = []
+        self.capacity = 0
+        self.events = PendingEvents(n_inputs, n_targets)
+        self.feature_stats = StatsColumns(n_inputs, 0)
+        self.target_stats = StatsColumns(n_targets, 0)  # supervised targets
+        self.step_stats = StatsColumns(n_targets, 0)  # forecast: steps of the target level
+        self._grow(capacity)
+
+    # ---- rows ---------------------------------------------------------------------------
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        state_row = (self.layers, 2, self.units)
+        columns: dict[str, tuple[tuple[int, ...], type, float]] = {
+            "states": (state_row, np.float32, 0.0),  # committed: what training continues from
+            "ahead": (state_row, np.float32, 0.0),  # after the answered pending events
+            "last_ts": ((), np.float64, math.nan),
+            "last_level": ((self.n_targets,), np.float64, math.nan),  # forecast: last target
+            "last_target": ((self.n_targets,), np.float64, math.nan),  # supervised
+            "last_active": ((), np.int64, 0),
+            "head": ((), np.int64, NO_EVENT),
+            "tail": ((), np.int64, NO_EVENT),
+            "pending": ((), np.int32, 0),  # events in the queue
+            "trainable": ((), np.int32, 0),  # leading events whose target is known
+        }
+        for name, (tail, dtype, fill) in columns.items():
+            grown = np.full((capacity, *tail), fill, dtype=dtype)
+            if old:
+                grown[:old] = getattr(self, name)
+            setattr(self, name, grown)
+        self.states: np.ndarray
+        self.ahead: np.ndarray
+        self.last_ts: np.ndarray
+        self.last_level: np.ndarray
+        self.last_target: np.ndarray
+        self.last_active: np.ndarray
+        self.head: np.ndarray
+        self.tail: np.ndarray
+        self.pending: np.ndarray
+        self.trainable: np.ndarray
+        for stats in (self.feature_stats, self.target_stats, self.step_stats):
+            stats.grow(capacity)
+        self.keys.extend([None] * (capacity - old))
+        self._free_rows.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def add(self, key: str) -> int:
+        """Give a new key a row with zero state and no history; return the row."""
+        if not self._free_rows:
+            self._grow(2 * self.capacity)
+        row = self._free_rows.pop()
+        self.row_of[key] = row
+        self.keys[row] = key
+        return row
+
+    def _clear(self, row: int) -> None:
+        self.states[row] = 0.0
+        self.ahead[row] = 0.0
+        self.last_ts[row] = math.nan
+        self.last_level[row] = math.nan
+        self.last_target[row] = math.nan
+        self.last_active[row] = 0
+        self.head[row] = self.tail[row] = NO_EVENT
+        self.pending[row] = self.trainable[row] = 0
+        for stats in (self.feature_stats, self.target_stats, self.step_stats):
+            stats.clear(row)
+
+    def remove(self, row: int) -> list[int]:
+        """Forget a key; return its pending events (still allocated: the caller releases them)."""
+        key = self.keys[row]
+        if key is None:
+            raise KeyError(f"row {row} holds no key")
+        events = self.events.chain(int(self.head[row]))
+        del self.row_of[key]
+        self.keys[row] = None
+        self._clear(row)
+        self._free_rows.append(row)
+        return events
+
+    def least_recent(self, count: int) -> list[int]:
+        """Return the rows of the `count` least recently active keys."""
+        rows = np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))
+        if count >= len(rows):
+            return rows.tolist()
+        stamps = self.last_active[rows]
+        return rows[np.argpartition(stamps, count)[:count]].tolist()
+
+    def zero_all_states(self) -> int:
+        """Zero every key's LSTM states (the periodic reset); return how many keys."""
+        self.states[...] = 0.0
+        self.ahead[...] = 0.0
+        return len(self.row_of)
+
+    def live_rows(self) -> np.ndarray:
+        """Return the rows in use, in the order keys were added (for snapshots)."""
+        return np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))
+
+    # ---- pending events ---------------------------------------------------------------------
+
+    def append(self, row: int, event: int) -> None:
+        """Put an event at the end of a key's queue."""
+        tail = int(self.tail[row])
+        if tail == NO_EVENT:
+            self.head[row] = event
+        else:
+            self.events.next[tail] = event
+        self.tail[row] = event
+        self.pending[row] += 1
+
+    def take(self, row: int, count: int) -> list[int]:
+        """Unlink and return a key's `count` oldest pending events (still allocated)."""
+        events = []
+        event = int(self.head[row])
+        nxt = self.events.next
+        for _ in range(count):
+            events.append(event)
+            event = int(nxt[event])
+        self.head[row] = event
+        if event == NO_EVENT:
+            self.tail[row] = NO_EVENT
+        self.pending[row] -= count
+        self.trainable[row] -= count
+        return events
+
+    def pop_last(self, row: int) -> int:
+        """Unlink and return a key's newest pending event, which must not be trainable."""
+        events = self.events.chain(int(self.head[row]))
+        last = events.pop()
+        if self.events.flags[last] & HAS_Y:
+            raise ValueError("pop_last takes an event that waits for its target only")
+        if events:
+            self.events.next[events[-1]] = NO_EVENT
+            self.tail[row] = events[-1]
+        else:
+            self.head[row] = self.tail[row] = NO_EVENT
+        self.pending[row] -= 1
+        return last
+
+    def queue(self, row: int) -> list[int]:
+        """Return a key's pending events, oldest first."""
+        return self.events.chain(int(self.head[row]))
+
+    def unanswered(self, row: int) -> bool:
+        """Say whether any pending event of a key still waits for its prediction."""
+        flags = self.events.flags
+        return any(not flags[e] & ANSWERED for e in self.queue(row))
+
+    def state_of(self, key: str) -> np.ndarray | None:
+        """Return a copy of a key's [layers, 2, units] LSTM state, or None for an unknown key."""
+        row = self.row_of.get(key)
+        return None if row is None else self.states[row].copy()
