@@ -58,6 +58,9 @@ RECORD_OVERHEAD_BYTES = 512
 # returning broker is found within seconds without hammering one that stays away.
 RECONNECT_BACKOFF = {"reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
 METADATA_POLL_INTERVAL_S = 0.1
+# Offset look-ups (lag, retention checks) run on the loop's thread: during a network cut
+# kafka-python would wait out its whole request timeout (30 s), holding the loop and /readyz.
+OFFSETS_TIMEOUT_MS = 1000
 READ_POLL_TIMEOUT_MS = 100
 # Bulk replay: fewer, larger requests. On Tansu acks="all" and acks=1 both gave ~37k records/s
 # (50k x 42 B values, client-bound), so the safe setting costs nothing.
@@ -266,11 +269,18 @@ class EventSource:
         return _keys(self._consumer.assignment())
 
     def lag(self) -> dict[PartitionKey, int]:
-        """Return records not yet consumed per assigned partition; never negative."""
+        """Return records not yet consumed per assigned partition; never negative.
+
+        Raises:
+            TimeoutError: the broker did not answer within `OFFSETS_TIMEOUT_MS`.
+        """
         assigned = list(self._consumer.assignment())
         if not assigned:
             return {}
-        ends = self._consumer.end_offsets(assigned)
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=OFFSETS_TIMEOUT_MS)
+        except KafkaTimeoutError as exc:
+            raise TimeoutError("end offsets not answered; broker unreachable?") from exc
         lags: dict[PartitionKey, int] = {}
         for tp in assigned:
             # Tansu's end offsets trail within the last batch; the fetch high watermark does not.
@@ -282,7 +292,7 @@ class EventSource:
         """Return the oldest offset the broker still has for an input partition (None: unknown)."""
         tp = TopicPartition(self._topic, partition)
         try:
-            return self._consumer.beginning_offsets([tp]).get(tp)
+            return self._consumer.beginning_offsets([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
         except KafkaError:
             return None
 

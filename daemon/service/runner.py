@@ -31,6 +31,10 @@ log = logging.getLogger("lstmd.runner")
 LAG_INTERVAL_S = 5.0
 # A graceful stop waits this long for the broker to acknowledge what is in flight.
 FLUSH_TIMEOUT_S = 30.0
+# A periodic snapshot waits at most this long: a network cut that begins during its flush must
+# not hold the loop (and /readyz, which the loop updates) for the whole stop timeout; the
+# snapshot is retried with the usual backoff instead.
+PERIODIC_FLUSH_TIMEOUT_S = 5.0
 # A failing snapshot (disk full, broker not acknowledging) is retried after 1, 2, 4 ... seconds,
 # never less often than this.
 SNAPSHOT_RETRY_MAX_S = 60.0
@@ -448,8 +452,9 @@ class Runner:
         leaving = reason in ("shutdown", "revoke")
         answered = self._learner.flush_predictions(include_supervised=leaving)
         self._publish()
+        timeout_s = FLUSH_TIMEOUT_S if leaving else PERIODIC_FLUSH_TIMEOUT_S
         try:
-            failures = self._publisher.flush(FLUSH_TIMEOUT_S)
+            failures = self._publisher.flush(timeout_s)
         except TimeoutError as exc:
             self._snapshot_failed(reason, str(exc))
             return False
@@ -607,7 +612,10 @@ class Runner:
 
     def _update_lag(self) -> None:
         self._last_lag = self._clock()
-        self._lag = self._source.lag()
+        try:
+            self._lag = self._source.lag()
+        except TimeoutError:
+            return  # the broker is unreachable; the connection check reports that
         self._metrics.set_consumer_lag(self._lag)
 
     def _log_summary(self) -> None:
