@@ -8,6 +8,7 @@ Read once at start-up by `load_settings()` and passed down frozen. Environment v
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV_VAR = "LSTMD_CONFIG"
+# One train batch must fit in memory with room to spare: inputs, targets and mask, plus what
+# backpropagation through time keeps per timestep and layer (four gates, cell, hidden state and
+# their gradients: about 8 x units float32 values). 1 GiB is a quarter of a small 4 GiB pod.
+MAX_BATCH_BYTES = 1 << 30
+_FLOAT32_BYTES = 4
 
 
 class SettingsError(ValueError):
@@ -69,8 +75,14 @@ class KafkaSettings(_Section):
         9092, ge=0, le=65535, description="Port of the embedded broker; 0 picks a free one."
     )
 
+    # kafka-python's and Kafka's own default; raise both together (the broker's message.max.bytes).
+    max_request_size: int = Field(
+        1_048_576, ge=4096, description="Largest record the producer sends, in bytes."
+    )
     dead_letter_max_bytes: int = Field(
-        1_048_576, ge=1024, description="Dead-letter payloads are cut to this size (counted)."
+        1_000_000,
+        ge=1024,
+        description="Dead-letter payloads are cut to this size (counted); below max_request_size.",
     )
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
@@ -86,6 +98,29 @@ class KafkaSettings(_Section):
             self.sasl_mechanism and self.sasl_username and self.sasl_password
         ):
             raise ValueError("SASL security needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+    @model_validator(mode="after")
+    def _settings_that_cannot_work(self) -> KafkaSettings:
+        outputs = {
+            "predictions_topic": self.predictions_topic,
+            "dead_letter_topic": self.dead_letter_topic,
+            "metrics_topic": self.metrics_topic,
+        }
+        for name, topic in outputs.items():
+            if topic == self.input_topic:
+                # The daemon would consume its own output and answer it forever.
+                raise ValueError(f"kafka.input_topic: must differ from kafka.{name} ({topic!r})")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                "kafka.heartbeat_interval_ms: must be below kafka.session_timeout_ms "
+                "(a third of it is usual), or the group evicts a healthy member"
+            )
+        if self.dead_letter_max_bytes >= self.max_request_size:
+            raise ValueError(
+                "kafka.dead_letter_max_bytes: must be below kafka.max_request_size, "
+                "which must also hold the dead letter's headers and key"
+            )
         return self
 
 
@@ -138,6 +173,22 @@ class ModelSettings(_Section):
             raise ValueError("target_index entries must lie in [0, n_features)")
         return self
 
+    def batch_bytes(self) -> int:
+        """Return an upper estimate of the memory one train batch needs, in bytes."""
+        per_timestep = self.n_features + self.n_targets + 1 + 8 * self.units * self.layers
+        return self.batch_size * self.window * per_timestep * _FLOAT32_BYTES
+
+    @model_validator(mode="after")
+    def _batch_fits_in_memory(self) -> ModelSettings:
+        needed = self.batch_bytes()
+        if needed > MAX_BATCH_BYTES:
+            raise ValueError(
+                f"model.batch_size: with model.window too large, one batch needs about "
+                f"{needed / 2**30:.1f} GiB, the bound is {MAX_BATCH_BYTES / 2**30:g} GiB "
+                "(batch_size x window x (n_features + n_targets + 1 + 8 x units x layers) x 4 B)"
+            )
+        return self
+
 
 class StreamSettings(_Section):
     """The key-state store, batching and the state reset policy."""
@@ -161,6 +212,9 @@ class StreamSettings(_Section):
         description="Forecast mode: learn the next value (level) or its change (difference).",
     )
     max_event_bytes: int = Field(1_048_576, ge=64, description="Larger messages: too_large.")
+    # Keys are stream names; 256 bytes holds any sensible name, and a key is copied into every
+    # prediction and held in memory once per key in the store.
+    max_key_bytes: int = Field(256, ge=1, le=65_536, description="Longer keys: key_too_large.")
     max_future_s: float = Field(
         86_400.0, ge=0, description="Events this far past the wall clock: future_ts; 0 disables."
     )
@@ -179,6 +233,15 @@ class SnapshotSettings(_Section):
     pause_before_rename_s: float = Field(
         0.0, ge=0, description="Testing aid: widen the window in which a crash hits a write."
     )
+
+    @model_validator(mode="after")
+    def _some_trigger(self) -> SnapshotSettings:
+        if self.every_steps == 0 and self.every_s == 0:
+            raise ValueError(
+                "snapshot.every_steps: and snapshot.every_s are both 0, so no offset would be "
+                "committed before shutdown; set one of them"
+            )
+        return self
 
 
 class MetricsSettings(_Section):
@@ -236,8 +299,15 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+# A cross-field rule names its setting itself: "Value error, kafka.input_topic: must differ ...".
+_NAMED_RULE = re.compile(r"^Value error, ([a-z_]+\.[a-z_]+): (.*)$")
+
+
 def _first_error_line(err: ValidationError) -> str:
     first = err.errors()[0]
+    named = _NAMED_RULE.match(first["msg"])
+    if named:
+        return f"invalid setting {named.group(1)}: {named.group(2)}"
     name = ".".join(str(p) for p in first["loc"]) or "settings"
     value = first.get("input")
     shown = "" if isinstance(value, dict) or "password" in name else f" (got {value!r})"

@@ -35,6 +35,12 @@ class Reason(StrEnum):
     BAD_RESET = "bad_reset"
     FUTURE_TS = "future_ts"
     OUT_OF_ORDER = "out_of_order"
+    BAD_KEY = "bad_key"
+    KEY_TOO_LARGE = "key_too_large"
+    # Not the event's fault: the daemon failed while handling it (see README, Failure behaviour).
+    INTERNAL_ERROR = "internal_error"
+    # The event was fine, but its prediction cannot be published (larger than a Kafka request).
+    PREDICTION_TOO_LARGE = "prediction_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +83,10 @@ def parse_ts(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("ts must be a number or an RFC 3339 string, not a boolean")
     if isinstance(value, int | float):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            raise ValueError("ts is too large to be a time") from None
     elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
@@ -85,7 +94,10 @@ def parse_ts(value: object) -> float:
             raise ValueError(f"ts {value[:40]!r} is not RFC 3339") from None
         if parsed.tzinfo is None:
             raise ValueError(f"ts {value[:40]!r} has no time zone offset")
-        ts = parsed.timestamp()
+        try:
+            ts = parsed.timestamp()
+        except (OverflowError, ValueError):  # year 1 or 9999 pushed past the range by its offset
+            raise ValueError(f"ts {value[:40]!r} is out of range") from None
     else:
         raise ValueError(f"ts must be a number or an RFC 3339 string, not {type(value).__name__}")
     if not math.isfinite(ts):
@@ -115,23 +127,41 @@ def _vector(value: object, size: int, field: str, shape_reason: Reason) -> np.nd
     return np.array(numbers, dtype=np.float64)
 
 
-def _key(payload: dict, message_key: bytes | None) -> str:
+def _key(payload: dict, message_key: bytes | None, max_key_bytes: int) -> str:
     key = payload.get("key")
     if key is not None and not isinstance(key, str):
         raise _Reject(Reason.MISSING_KEY, f"key must be a string, not {type(key).__name__}")
     if key:
-        return key
-    if message_key:
         try:
-            return message_key.decode("utf-8")
+            # JSON may spell lone surrogates ("\ud800"); such a key could never be published.
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise _Reject(Reason.BAD_KEY, "key holds a lone surrogate, not valid Unicode") from None
+    elif message_key:
+        size = len(message_key)
+        try:
+            key = message_key.decode("utf-8")
         except UnicodeDecodeError:
             raise _Reject(Reason.MISSING_KEY, "Kafka message key is not UTF-8") from None
-    raise _Reject(Reason.MISSING_KEY, "no key field and no Kafka message key")
+    else:
+        raise _Reject(Reason.MISSING_KEY, "no key field and no Kafka message key")
+    if size > max_key_bytes:
+        raise _Reject(
+            Reason.KEY_TOO_LARGE,
+            f"key of {size} bytes exceeds stream.max_key_bytes={max_key_bytes}",
+        )
+    return key
 
 
-def _parse(
-    value: bytes, message_key: bytes | None, n_features: int, n_targets: int, latest_ts: float
-) -> Event:
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    n_features: int
+    n_targets: int
+    latest_ts: float
+    max_key_bytes: int
+
+
+def _parse(value: bytes, message_key: bytes | None, limits: _Limits) -> Event:
     try:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -139,37 +169,41 @@ def _parse(
     if not isinstance(payload, dict):
         kind = type(payload).__name__
         raise _Reject(Reason.NOT_OBJECT, f"event must be a JSON object, not {kind}")
-    return _fields(payload, message_key, n_features, n_targets, latest_ts)
+    return _fields(payload, message_key, limits)
 
 
 def _strict_loads(value: bytes) -> Any:
-    """Parse what orjson refused with the standard library, to name the exact problem."""
+    """Parse what orjson refused with the standard library, to name the exact problem.
+
+    The bytes are decoded as UTF-8 first: `json.loads(bytes)` would guess UTF-16 or UTF-32 from
+    the first bytes and accept them, and events are UTF-8 JSON (a UTF-8 BOM is refused too).
+    """
     try:
-        return json.loads(value, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise _Reject(Reason.INVALID_JSON, f"not UTF-8: {exc}"[:200]) from None
+    except json.JSONDecodeError as exc:
         raise _Reject(Reason.INVALID_JSON, str(exc)[:200]) from None
     except RecursionError:
         raise _Reject(Reason.INVALID_JSON, "JSON nested too deeply") from None
 
 
-def _fields(
-    payload: dict, message_key: bytes | None, n_features: int, n_targets: int, latest_ts: float
-) -> Event:
-    key = _key(payload, message_key)
+def _fields(payload: dict, message_key: bytes | None, limits: _Limits) -> Event:
+    key = _key(payload, message_key, limits.max_key_bytes)
     if "ts" not in payload:
         raise _Reject(Reason.BAD_TS, "no ts field")
     try:
         ts = parse_ts(payload["ts"])
     except ValueError as exc:
         raise _Reject(Reason.BAD_TS, str(exc)) from None
-    if ts > latest_ts:
+    if ts > limits.latest_ts:
         # Accepted, it would make every later event of its key look "out of order".
-        raise _Reject(Reason.FUTURE_TS, f"ts {ts} is after the latest accepted {latest_ts}")
-    features = _vector(payload.get("features"), n_features, "features", Reason.BAD_FEATURES)
+        raise _Reject(Reason.FUTURE_TS, f"ts {ts} is after the latest accepted {limits.latest_ts}")
+    features = _vector(payload.get("features"), limits.n_features, "features", Reason.BAD_FEATURES)
     raw_target = payload.get("target")
     target = None
     if raw_target is not None:
-        target = _vector(raw_target, n_targets, "target", Reason.BAD_TARGET)
+        target = _vector(raw_target, limits.n_targets, "target", Reason.BAD_TARGET)
     reset = payload.get("reset", False)
     if not isinstance(reset, bool):
         raise _Reject(Reason.BAD_RESET, "reset must be true or false")
@@ -183,6 +217,7 @@ def decode_event(
     n_targets: int,
     max_bytes: int = 1_048_576,
     latest_ts: float = math.inf,
+    max_key_bytes: int = 256,
 ) -> Event | Rejection:
     """Decode one Kafka message value into an `Event`, or say why it is not one.
 
@@ -193,15 +228,18 @@ def decode_event(
         n_targets: the exact length `target` must have when present.
         max_bytes: values longer than this are rejected before parsing.
         latest_ts: events stamped later than this (epoch seconds) are rejected.
+        max_key_bytes: keys longer than this in UTF-8 are rejected (`key_too_large`).
 
     Returns:
-        The event, or a `Rejection` naming the reason. Never raises on bad input.
+        The event, or a `Rejection` naming the reason. Never raises on bad input. A field named
+        twice in one object takes its last value, as orjson, `json` and JavaScript all do.
     """
     if not value:
         return Rejection(Reason.EMPTY, "message has no value")
     if len(value) > max_bytes:
         return Rejection(Reason.TOO_LARGE, f"{len(value)} bytes exceeds {max_bytes}")
     try:
-        return _parse(value, message_key, n_features, n_targets, latest_ts)
+        limits = _Limits(n_features, n_targets, latest_ts, max_key_bytes)
+        return _parse(value, message_key, limits)
     except _Reject as exc:
         return Rejection(exc.reason, exc.detail)

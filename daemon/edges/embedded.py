@@ -41,10 +41,15 @@ class EmbeddedBroker:
         port: TCP port to listen on; 0 picks a free loopback port at start.
         log_path: file for the broker's stdout and stderr; a temporary file (removed at stop)
             when None.
+        advertised_url: the `tcp://host:port` the broker tells clients to connect to (a proxy
+            in front of it, say); its own listener address when None.
     """
 
-    def __init__(self, port: int = 0, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int = 0, log_path: Path | None = None, advertised_url: str | None = None
+    ) -> None:
         self._requested_port = port
+        self._advertised_url = advertised_url
         self._log_path = log_path
         self._own_log = log_path is None
         self._port: int | None = None
@@ -144,7 +149,7 @@ class EmbeddedBroker:
             "--listener-url",
             listen,
             "--advertised-listener-url",
-            listen,
+            self._advertised_url or listen,
             "--storage-engine",
             STORAGE_URL,
         ]

@@ -18,6 +18,7 @@ offsets for commits, bytes out. Notes measured against the embedded Tansu 0.6.0 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import Counter
@@ -27,19 +28,39 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from daemon.settings import KafkaSettings
+
+log = logging.getLogger("lstmd.kafka")
 
 PartitionKey = tuple[str, int]
 PartitionCallback = Callable[[set[PartitionKey]], None]
 
 DEAD_LETTER_DETAIL_MAX_BYTES = 1000
+# A dead letter's key is the source record's key, which may be as large as a whole message; cut
+# it so that headers, key and value always fit one request (header `lstmd-original-key-bytes`).
+DEAD_LETTER_KEY_MAX_BYTES = 1024
+# Room a record needs beyond key, value and headers inside one produce request: the record batch
+# header (61 B), the record's varints and attributes, per-header lengths; 512 B is ample.
+RECORD_OVERHEAD_BYTES = 512
 # During a broker outage clients retry connecting with exponential backoff, capped here so that a
 # returning broker is found within seconds without hammering one that stays away.
 RECONNECT_BACKOFF = {"reconnect_backoff_ms": 100, "reconnect_backoff_max_ms": 5000}
 METADATA_POLL_INTERVAL_S = 0.1
+# Offset look-ups (lag, retention checks) run on the loop's thread: during a network cut
+# kafka-python would wait out its whole request timeout (30 s), holding the loop and /readyz.
+OFFSETS_TIMEOUT_MS = 1000
 READ_POLL_TIMEOUT_MS = 100
 # Bulk replay: fewer, larger requests. On Tansu acks="all" and acks=1 both gave ~37k records/s
 # (50k x 42 B values, client-bound), so the safe setting costs nothing.
@@ -207,6 +228,7 @@ class EventSource:
             max_poll_records=kafka.max_poll_records,
             fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         )
+        self._topic = kafka.input_topic
         self._consumer.subscribe([kafka.input_topic], listener=_Listener(on_assign, on_revoke))
 
     def poll(self, timeout_ms: int) -> list[RawMessage]:
@@ -247,17 +269,38 @@ class EventSource:
         return _keys(self._consumer.assignment())
 
     def lag(self) -> dict[PartitionKey, int]:
-        """Return records not yet consumed per assigned partition; never negative."""
+        """Return records not yet consumed per assigned partition; never negative.
+
+        Raises:
+            TimeoutError: the broker did not answer within `OFFSETS_TIMEOUT_MS`.
+        """
         assigned = list(self._consumer.assignment())
         if not assigned:
             return {}
-        ends = self._consumer.end_offsets(assigned)
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=OFFSETS_TIMEOUT_MS)
+        except KafkaTimeoutError as exc:
+            raise TimeoutError("end offsets not answered; broker unreachable?") from exc
         lags: dict[PartitionKey, int] = {}
         for tp in assigned:
             # Tansu's end offsets trail within the last batch; the fetch high watermark does not.
             end = max(ends.get(tp) or 0, self._consumer.highwater(tp) or 0)
             lags[(tp.topic, tp.partition)] = max(0, end - self._consumer.position(tp))
         return lags
+
+    def beginning_offset(self, partition: int) -> int | None:
+        """Return the oldest offset the broker still has for an input partition (None: unknown)."""
+        tp = TopicPartition(self._topic, partition)
+        try:
+            return self._consumer.beginning_offsets([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
+        except KafkaError:
+            return None
+
+    def topic_id(self) -> str | None:
+        """Return the input topic's id from metadata; None when the broker sends none."""
+        cluster = getattr(self._consumer._client, "cluster", None)
+        topic_id = getattr(cluster, "topic_id", lambda _name: None)(self._topic)
+        return None if topic_id is None else str(topic_id)
 
     def close(self) -> None:
         """Leave the group without committing anything."""
@@ -290,6 +333,9 @@ class Publisher:
         self._retry: list[tuple] = []  # records to send again at the next flush
         self.truncated = 0  # dead-letter payloads cut to kafka.dead_letter_max_bytes
         self.failed_by_topic: Counter[str] = Counter()
+        # (topic, reason) → records dropped because no retry can ever deliver them.
+        self.undeliverable: Counter[tuple[str, str]] = Counter()
+        self._streaks: set[tuple[str, str]] = set()  # logged once until the topic delivers again
 
     def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(
@@ -301,6 +347,7 @@ class Publisher:
             # Retry until delivery_timeout_ms; idempotence keeps retries from duplicating.
             retries=float("inf"),
             enable_idempotence=True,
+            max_request_size=self._kafka.max_request_size,
         )
 
     def send(
@@ -321,7 +368,7 @@ class Publisher:
         except KafkaError as exc:
             self._on_failure(exc, record)
             return
-        future.add_callback(self._on_success)
+        future.add_callback(lambda _metadata: self._on_success(topic))
         future.add_errback(lambda exc: self._on_failure(exc, record))
 
     def send_dead_letter(self, topic: str, raw: RawMessage, reason: str, detail: str) -> None:
@@ -331,11 +378,13 @@ class Publisher:
             topic: the dead-letter topic.
             raw: the record that could not be used; its key and value bytes go out unchanged,
                 except that a value over `kafka.dead_letter_max_bytes` is cut to that size
-                (header `lstmd-original-bytes` gives the full size; counted in `truncated`).
+                (header `lstmd-original-bytes` gives the full size; counted in `truncated`), and
+                further if key and headers would otherwise not fit `kafka.max_request_size`.
             reason: short machine-readable cause (header `lstmd-reason`).
             detail: human-readable explanation, cut to 1000 UTF-8 bytes (`lstmd-detail`).
         """
         value = raw.value if raw.value is not None else b""
+        key = raw.key
         headers = [
             ("lstmd-reason", reason.encode("utf-8")),
             ("lstmd-detail", _truncate_utf8(detail, DEAD_LETTER_DETAIL_MAX_BYTES)),
@@ -344,12 +393,28 @@ class Publisher:
             ("lstmd-source-offset", str(raw.offset).encode("ascii")),
             ("lstmd-source-timestamp-ms", str(raw.timestamp_ms).encode("ascii")),
         ]
-        cap = self._kafka.dead_letter_max_bytes
+        if key is not None and len(key) > DEAD_LETTER_KEY_MAX_BYTES:
+            headers.append(("lstmd-original-key-bytes", str(len(key)).encode("ascii")))
+            key = key[:DEAD_LETTER_KEY_MAX_BYTES]
+        cap = self._dead_letter_cap(key, headers)
         if len(value) > cap:
             headers.append(("lstmd-original-bytes", str(len(value)).encode("ascii")))
             value = value[:cap]
             self.truncated += 1
-        self.send(topic, raw.key, value, headers)
+        self.send(topic, key, value, headers)
+
+    def _dead_letter_cap(self, key: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+        """Return the most value bytes a dead letter may carry and still fit one request."""
+        # The header that a cut adds is counted up front (20 digits hold any length).
+        cut_header = len("lstmd-original-bytes") + 20
+        room = (
+            self._kafka.max_request_size
+            - RECORD_OVERHEAD_BYTES
+            - len(key or b"")
+            - sum(len(name) + len(value) for name, value in headers)
+            - cut_header
+        )
+        return max(0, min(self._kafka.dead_letter_max_bytes, room))
 
     def flush(self, timeout_s: float) -> int:
         """Wait for every queued record and return how many failed since the last flush.
@@ -378,11 +443,19 @@ class Publisher:
         """Flush what can be flushed within `timeout_s` and release the connection."""
         self._producer.close(timeout=timeout_s)
 
-    def _on_success(self, _metadata: Any) -> None:
+    def _on_success(self, topic: str) -> None:
         with self._lock:
             self.delivered += 1
+            ended = {streak for streak in self._streaks if streak[0] == topic}
+            self._streaks -= ended
+        for topic_, reason in ended:
+            log.info("topic accepts records again", extra={"topic": topic_, "reason": reason})
 
     def _on_failure(self, exc: BaseException, record: tuple | None = None) -> None:
+        reason = undeliverable_reason(exc)
+        if reason is not None and record is not None:
+            self._drop(exc, record, reason)
+            return
         with self._lock:
             self.failed += 1
             self.last_error = exc
@@ -390,9 +463,48 @@ class Publisher:
                 self.failed_by_topic[record[0]] += 1
                 self._retry.append(record)
 
+    def _drop(self, exc: BaseException, record: tuple, reason: str) -> None:
+        """Count a record no retry can deliver; log the first of each streak only."""
+        streak = (record[0], reason)
+        with self._lock:
+            self.undeliverable[streak] += 1
+            first = streak not in self._streaks
+            self._streaks.add(streak)
+        if first:
+            log.error(
+                "record can never be delivered; dropped, not retried (further ones counted)",
+                extra={
+                    "topic": record[0],
+                    "reason": reason,
+                    "error": type(exc).__name__,
+                    "bytes": len(record[2]) + len(record[1] or b""),
+                },
+            )
+
+
+def undeliverable_reason(exc: BaseException) -> str | None:
+    """Return why a record can never be delivered, or None when retrying may deliver it.
+
+    Too large, an unknown topic, a missing authorisation and every error Kafka marks
+    non-retriable are final: retrying them would stall every later commit behind them.
+    """
+    final = {
+        MessageSizeTooLargeError: "too_large",
+        RecordListTooLargeError: "too_large",
+        UnknownTopicOrPartitionError: "unknown_topic",
+        TopicAuthorizationFailedError: "not_authorized",
+        ClusterAuthorizationFailedError: "not_authorized",
+    }
+    for kind, reason in final.items():
+        if isinstance(exc, kind):
+            return reason
+    if isinstance(exc, KafkaError):
+        return None if exc.retriable else "non_retriable"
+    return "invalid_record"  # the client refused the record itself (a type or value error)
+
 
 def _truncate_utf8(text: str, max_bytes: int) -> bytes:
-    data = text.encode("utf-8")
+    data = text.encode("utf-8", errors="backslashreplace")
     if len(data) <= max_bytes:
         return data
     # Cut on a character boundary so the header stays valid UTF-8.

@@ -182,13 +182,24 @@ def install_signal_handlers(runner: Runner) -> None:
     signal.signal(signal.SIGINT, stop)
 
 
+# sysexits.h EX_SOFTWARE: the daemon stopped on an internal failure, not on bad input or config.
+EXIT_INTERNAL_FAILURE = 70
+
+
 def run_daemon(settings: Settings) -> int:
-    """Run `lstmd run` until a signal; return the exit code."""
+    """Run `lstmd run` until a signal; return the exit code.
+
+    Returns:
+        0 after a graceful stop (snapshot and commit done); `EXIT_INTERNAL_FAILURE` when the loop
+        failed and left without snapshot or commit (the runner has logged why).
+    """
     with kafka_connection(settings) as options:
         daemon = build_daemon(settings, options)
         install_signal_handlers(daemon.runner)
         try:
             daemon.runner.run()
+        except Exception:  # logged by the runner, with its traceback, as it left
+            return EXIT_INTERNAL_FAILURE
         finally:
             daemon.close()
     return 0

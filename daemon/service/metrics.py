@@ -107,6 +107,14 @@ class DaemonMetrics:
             "Dead-letter messages the broker did not accept.",
             registry=r,
         )
+        self.records_undeliverable = Counter(
+            "lstmd_records_undeliverable",
+            "Records dropped without retry because the broker can never accept them "
+            "(too large, unknown topic, not authorised, other non-retriable errors), "
+            "by topic and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
         self.latency = Histogram(
             "lstmd_event_to_prediction_seconds",
             "From an event's arrival at the daemon to its prediction being queued for sending.",
@@ -171,6 +179,29 @@ class DaemonMetrics:
             registry=r,
         )
         self.broker_connected.set(1)
+        self.commit_failures = Counter(
+            "lstmd_commit_failures",
+            "Offset commits that failed (retried at the next snapshot, when idle and at exit).",
+            registry=r,
+        )
+        self.diverged_batches_skipped = Counter(
+            "lstmd_diverged_batches_skipped",
+            "Non-finite train steps skipped (not rolled back) because training diverged again "
+            "right after a rollback; their events are answered and counted untrained.",
+            registry=r,
+        )
+        self.offsets_missing = Counter(
+            "lstmd_input_offsets_missing",
+            "Assignments where the input offset the state reflects was gone from the broker "
+            "(deleted by retention, or the topic recreated), by input partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.topic_changed = Counter(
+            "lstmd_input_topic_changed",
+            "Assignments where the input topic's id differs from the one the state was built on.",
+            registry=r,
+        )
         self.rollbacks = Counter(
             "lstmd_rollbacks",
             "Roll-backs to the last good snapshot after consecutive non-finite train steps.",

@@ -11,11 +11,13 @@ import logging
 import math
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from daemon.core.events import Event, Rejection, decode_event
+from daemon.core.events import Event, Reason, Rejection, decode_event
 from daemon.core.learner import OnlineLearner
 from daemon.core.records import encode_metrics, encode_prediction
 from daemon.persist.checkpointing import Checkpointer
@@ -30,11 +32,21 @@ log = logging.getLogger("lstmd.runner")
 LAG_INTERVAL_S = 5.0
 # A graceful stop waits this long for the broker to acknowledge what is in flight.
 FLUSH_TIMEOUT_S = 30.0
+# A periodic snapshot waits at most this long: a network cut that begins during its flush must
+# not hold the loop (and /readyz, which the loop updates) for the whole stop timeout; the
+# snapshot is retried with the usual backoff instead.
+PERIODIC_FLUSH_TIMEOUT_S = 5.0
 # A failing snapshot (disk full, broker not acknowledging) is retried after 1, 2, 4 ... seconds,
 # never less often than this.
 SNAPSHOT_RETRY_MAX_S = 60.0
 # Progress summary at INFO: one line this often, never one per message.
 SUMMARY_INTERVAL_S = 60.0
+# Room a record needs beyond its key and value inside one produce request: the record batch
+# header (61 B), the record's own varints and attributes (< 25 B) and slack for the topic name.
+RECORD_OVERHEAD_BYTES = 512
+# An exception raised under one of these functions happened inside a train step: weights,
+# optimizer and many keys' states may be half-updated, so nothing after it can be trusted.
+TRAIN_STEP_FRAMES = frozenset({"train", "train_step", "_train_batch"})
 
 PartitionKey = tuple[str, int]
 
@@ -47,6 +59,31 @@ class Source(Protocol):
     def lag(self) -> dict[PartitionKey, int]: ...
     def connected(self) -> bool: ...
     def close(self) -> None: ...
+
+
+class StateUntrusted(RuntimeError):
+    """The learner's state can no longer be trusted: exit without snapshot or commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """Where an answer comes from, for a dead letter made after the input record is gone."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    timestamp_ms: int = -1
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def inside_train_step(exc: BaseException) -> bool:
+    """Say whether `exc` was raised under a train step (see `TRAIN_STEP_FRAMES`)."""
+    return any(
+        frame.f_code.co_name in TRAIN_STEP_FRAMES
+        for frame, _ in traceback.walk_tb(exc.__traceback__)
+    )
 
 
 class Sink(Protocol):
@@ -97,9 +134,19 @@ class Runner:
         self.rejected: Counter[str] = Counter()
         self._recorder = LearningRecorder(metrics, learner)
         self._seen_failed: Counter[str] = Counter()
+        self._seen_undeliverable: Counter[tuple[str, str]] = Counter()
         self._latest_ts = math.inf  # events stamped later are dead-lettered (future_ts)
         self._last_metrics_step = 0
         self._lag: dict[PartitionKey, int] = {}
+        self._commit_failures = 0  # a failed commit is retried until this is 0 again
+        # Set by a rollback until the next finite step: a divergence then is not rolled back again.
+        self._rollback_mark: tuple[int, int] | None = None
+        # Partition → offset its first record after (re)assignment should have.
+        self._expected_first: dict[int, int] = {}
+        # The input topic's id as the broker reports it; `expected_topic_id` is the one the
+        # restored state was built on (set by whoever restores it), so a recreated topic shows.
+        self.topic_id: str | None = None
+        self.expected_topic_id: str | None = None
         now = clock()
         self._last_snapshot = self._last_lag = self._last_summary = now
 
@@ -123,8 +170,12 @@ class Runner:
                     on_poll(self)
                 if until is not None and until(self):
                     break
-        finally:
-            self._shutdown()
+        except BaseException as exc:
+            # The state may hold a half-applied event or step: snapshotting or committing it
+            # would make the restart skip what caused this. Leave the last snapshot in charge.
+            self._abort(exc)
+            raise
+        self._shutdown()
 
     # ---- one turn -----------------------------------------------------------------------
 
@@ -144,9 +195,10 @@ class Runner:
             self._handle(raw)
         self._learner.end_of_poll()
         self._publish()
-        if self._learner.consecutive_nonfinite >= self._settings.model.max_nonfinite_steps:
-            self._rollback()
+        self._after_divergence_check()
         self._maybe_snapshot()
+        if not messages and self._commit_failures and self._connected:
+            self._commit(self._snapshot_offsets)  # idle: retry the commit that failed
         now = self._clock()
         self._health.set_assigned(bool(self._source.assignment()))
         progress = (
@@ -181,24 +233,81 @@ class Runner:
         for topic, partition in partitions:
             if partition in self._processed:
                 self._source.seek((topic, partition), self._processed[partition])
+                self._expected_first[partition] = self._processed[partition]
+        self._check_topic_identity()
+
+    def _check_topic_identity(self) -> None:
+        """Warn once when the input topic's id differs from the one the state was built on."""
+        observed = getattr(self._source, "topic_id", lambda: None)()
+        if observed is None or observed == self.topic_id:
+            return
+        self.topic_id = observed
+        if self.expected_topic_id is not None and observed != self.expected_topic_id:
+            self._metrics.topic_changed.inc()
+            log.warning(
+                "input topic was recreated since the state was built; its offsets are new",
+                extra={"expected_topic_id": self.expected_topic_id, "topic_id": observed},
+            )
 
     def _handle(self, raw: Any) -> None:
         self.consumed += 1
         self._metrics.events_consumed.inc()
+        if raw.partition in self._expected_first:
+            self._check_first_offset(raw.partition, raw.offset)
+        try:
+            result = self._learn(raw)
+        except Exception as exc:
+            if inside_train_step(exc):
+                raise StateUntrusted(f"train step failed: {type(exc).__name__}: {exc}") from exc
+            result = self._internal_error(raw, exc)
+        if result is not None:
+            self._dead_letter(raw, result)
+        self._processed[raw.partition] = raw.offset + 1
+
+    def _learn(self, raw: Any) -> Rejection | None:
+        """Decode and validate completely, then hand the event to the learner."""
         model, stream = self._settings.model, self._settings.stream
-        result: Event | Rejection | None = decode_event(
+        result: Event | Rejection = decode_event(
             raw.value,
             raw.key,
             model.n_features,
             model.n_targets,
             stream.max_event_bytes,
             self._latest_ts,
+            stream.max_key_bytes,
         )
-        if isinstance(result, Event):
-            result = self._learner.ingest(result, raw.partition, raw.offset)
-        if result is not None:
-            self._dead_letter(raw, result)
-        self._processed[raw.partition] = raw.offset + 1
+        if isinstance(result, Rejection):
+            return result
+        return self._learner.ingest(result, raw.partition, raw.offset)
+
+    def _internal_error(self, raw: Any, exc: Exception) -> Rejection:
+        """A bug met while handling one event outside a train step: answer it and carry on."""
+        name = type(exc).__name__
+        log.error(
+            "internal error handling an event; dead-lettered, the loop carries on",
+            exc_info=exc,
+            extra={"partition": raw.partition, "offset": raw.offset, "error": name},
+        )
+        return Rejection(Reason.INTERNAL_ERROR, f"{name}: {exc}")
+
+    def _check_first_offset(self, partition: int, offset: int) -> None:
+        """Warn once when a partition resumes elsewhere than the offset its state reflects."""
+        expected = self._expected_first.pop(partition)
+        if offset == expected:
+            return
+        if offset > expected:
+            # Gaps (transaction markers, compaction) are normal; deleted records are not.
+            beginning = getattr(self._source, "beginning_offset", lambda _p: None)(partition)
+            if beginning is None or beginning <= expected:
+                return
+            cause = "records deleted by retention before they were read"
+        else:
+            cause = "the topic was recreated or truncated"
+        self._metrics.offsets_missing.labels(partition=str(partition)).inc()
+        log.warning(
+            "input offset the state reflects is gone from the broker",
+            extra={"partition": partition, "expected": expected, "actual": offset, "cause": cause},
+        )
 
     def _dead_letter(self, raw: Any, rejection: Rejection) -> None:
         self.dead_lettered += 1
@@ -222,14 +331,43 @@ class Runner:
     def _publish(self) -> None:
         predictions = self._learner.take_outbox()
         now = self._clock()
-        topic = self._kafka.predictions_topic
+        sent = 0
         for prediction in predictions:
-            value = encode_prediction(prediction, self._kafka.input_topic, snapshot_id=None)
-            self._publisher.send(topic, prediction.key.encode("utf-8"), value)
+            sent += self._send_prediction(prediction)
             self._metrics.latency.observe(max(0.0, now - prediction.received_at))
-        self.predictions_sent += len(predictions)
-        self._metrics.predictions_published.inc(len(predictions))
+        self.predictions_sent += sent
+        self._metrics.predictions_published.inc(sent)
+        self._count_undeliverable()
         self._record_learning()
+
+    def _count_undeliverable(self) -> None:
+        """Mirror the publisher's dropped-record counts (by topic and reason) into metrics."""
+        dropped = getattr(self._publisher, "undeliverable", None) or {}
+        for (topic, reason), count in dropped.items():
+            seen = self._seen_undeliverable[(topic, reason)]
+            if count > seen:
+                self._metrics.records_undeliverable.labels(topic=topic, reason=reason).inc(
+                    count - seen
+                )
+                self._seen_undeliverable[(topic, reason)] = count
+
+    def _send_prediction(self, prediction: Any) -> int:
+        """Send one prediction, or dead-letter its source event if it can never be sent."""
+        source = SourceRecord(self._kafka.input_topic, prediction.partition, prediction.offset)
+        try:
+            key = prediction.key.encode("utf-8")
+            value = encode_prediction(prediction, self._kafka.input_topic, snapshot_id=None)
+        except Exception as exc:  # a bug in encoding one record must not stop every commit
+            self._dead_letter(source, self._internal_error(source, exc))
+            return 0
+        size = len(key) + len(value) + RECORD_OVERHEAD_BYTES
+        if size > self._kafka.max_request_size:
+            limit = self._kafka.max_request_size
+            detail = f"prediction record of {size} bytes exceeds kafka.max_request_size={limit}"
+            self._dead_letter(source, Rejection(Reason.PREDICTION_TOO_LARGE, detail))
+            return 0
+        self._publisher.send(self._kafka.predictions_topic, key, value)
+        return 1
 
     def _record_learning(self) -> None:
         self._recorder.record()
@@ -289,8 +427,9 @@ class Runner:
         leaving = reason in ("shutdown", "revoke")
         answered = self._learner.flush_predictions(include_supervised=leaving)
         self._publish()
+        timeout_s = FLUSH_TIMEOUT_S if leaving else PERIODIC_FLUSH_TIMEOUT_S
         try:
-            failures = self._publisher.flush(FLUSH_TIMEOUT_S)
+            failures = self._publisher.flush(timeout_s)
         except TimeoutError as exc:
             self._snapshot_failed(reason, str(exc))
             return False
@@ -304,6 +443,7 @@ class Runner:
             and not answered
         )
         if unchanged and self._snapshot_step_written:
+            self._commit(self._snapshot_offsets)  # retries a commit that failed, if any
             return True  # the newest snapshot already holds exactly this state
         started = time.perf_counter()
         try:
@@ -355,6 +495,42 @@ class Runner:
                 extra={"reason": reason, "problem": problem},
             )
 
+    def _after_divergence_check(self) -> None:
+        """Roll back after `max_nonfinite_steps` non-finite steps, but never twice in a row.
+
+        A divergence that recurs after a rollback, before any finite step, would replay the same
+        events into the same divergence forever; those batches are skipped instead: the learner
+        has answered their events and counted them untrained, and the weights were not updated.
+        """
+        learner = self._learner
+        if self._rollback_mark is not None and self._finite_step_since_rollback():
+            self._rollback_mark = None
+        if learner.consecutive_nonfinite < self._settings.model.max_nonfinite_steps:
+            return
+        if self._rollback_mark is None:
+            self._rollback()
+            return
+        self._skip_diverged(learner.consecutive_nonfinite)
+
+    def _finite_step_since_rollback(self) -> bool:
+        assert self._rollback_mark is not None
+        step, nonfinite = self._rollback_mark
+        learner = self._learner
+        return learner.step - step > learner.nonfinite_losses - nonfinite
+
+    def _skip_diverged(self, steps: int) -> None:
+        # The learner's list of the skipped events' offsets, if it keeps one (drained here).
+        offsets = getattr(self._learner, "nonfinite_offsets", None)
+        shown = list(offsets) if offsets is not None else "not recorded by this learner"
+        if offsets is not None:
+            offsets.clear()
+        self._metrics.diverged_batches_skipped.inc(steps)
+        log.warning(
+            "training diverged again right after a rollback; batches skipped, events untrained",
+            extra={"nonfinite_steps": steps, "offsets": shown},
+        )
+        self._learner.consecutive_nonfinite = 0  # weights were not updated: a good state
+
     def _rollback(self) -> None:
         """Go back to the last good snapshot after repeated non-finite steps, and replay."""
         skipped = self._learner.consecutive_nonfinite
@@ -365,6 +541,7 @@ class Runner:
             return
         self._metrics.rollbacks.inc()
         self._resync_counters()
+        self._rollback_mark = (self._learner.step, self._learner.nonfinite_losses)
         self._processed = dict(info.offsets)
         self._snapshot_offsets = dict(info.offsets)
         self._snapshot_step = info.step
@@ -383,19 +560,32 @@ class Runner:
         self._last_metrics_step = self._learner.step
 
     def _commit(self, offsets: dict[int, int]) -> None:
+        """Commit what changed; a failure is retried at the next snapshot, when idle, at exit."""
         changed = {p: o for p, o in offsets.items() if self._committed.get(p) != o}
         if not changed:
             return
         try:
             self._source.commit({(self._kafka.input_topic, p): o for p, o in changed.items()})
-        except Exception as exc:  # the next snapshot commits again; state is safe on disk
-            log.warning("offset commit failed", extra={"error": str(exc)})
+        except Exception as exc:  # state is safe on disk; only the commit must be done again
+            self._commit_failures += 1
+            self._metrics.commit_failures.inc()
+            if self._commit_failures == 1:
+                log.warning(
+                    "offset commit failed; retrying at the next snapshot, when idle and at exit",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
             return
+        if self._commit_failures:
+            log.info("offset commit recovered", extra={"after_failures": self._commit_failures})
+        self._commit_failures = 0
         self._committed.update(changed)
 
     def _update_lag(self) -> None:
         self._last_lag = self._clock()
-        self._lag = self._source.lag()
+        try:
+            self._lag = self._source.lag()
+        except TimeoutError:
+            return  # the broker is unreachable; the connection check reports that
         self._metrics.set_consumer_lag(self._lag)
 
     def _log_summary(self) -> None:
@@ -414,6 +604,18 @@ class Runner:
                 "lag": sum(self._lag.values()),
             },
         )
+
+    def _abort(self, exc: BaseException) -> None:
+        """Leave after an unexpected failure: no snapshot, no commit; answers sent are kept."""
+        log.critical(
+            "loop failed; exiting without snapshot or commit, the last snapshot stays in charge",
+            exc_info=exc,
+            extra={"error": type(exc).__name__, "offsets_committed": dict(self._committed)},
+        )
+        try:
+            self._source.close()
+        finally:
+            self._publisher.close(FLUSH_TIMEOUT_S)
 
     def _shutdown(self) -> None:
         log.info("draining")

@@ -34,6 +34,8 @@ class FakeSource:
         self.seeks: list[tuple] = []
         self.closed = False
         self.up = True
+        self.commit_failures = 0  # commits still to fail (one fewer each time)
+        self.beginning = 0  # oldest offset the "broker" still has
 
     def append(self, values: list[bytes | None]) -> None:
         start = len(self.messages)
@@ -49,7 +51,13 @@ class FakeSource:
         self.position = offset
 
     def commit(self, offsets: dict) -> None:
+        if self.commit_failures:
+            self.commit_failures -= 1
+            raise RuntimeError("CommitFailedError: the group is rebalancing")
         self.commits.append(dict(offsets))
+
+    def beginning_offset(self, partition: int) -> int:
+        return self.beginning
 
     def assignment(self) -> set[tuple[str, int]]:
         return {(TOPIC, 0)}

@@ -33,6 +33,19 @@ def clean_env(monkeypatch):
         ({"LSTMD_SNAPSHOT__KEEP": "0"}, "snapshot.keep"),
         ({"LSTMD_HEALTH__STALL_S": "0"}, "health.stall_s"),
         ({"LSTMD_LOG__LEVEL": "LOUD"}, "log.level"),
+        # Settings that each look fine but cannot work together (issue 11).
+        ({"LSTMD_KAFKA__PREDICTIONS_TOPIC": "lstmd-events"}, "kafka.input_topic"),
+        ({"LSTMD_KAFKA__DEAD_LETTER_TOPIC": "lstmd-events"}, "kafka.input_topic"),
+        ({"LSTMD_KAFKA__METRICS_TOPIC": "lstmd-events"}, "kafka.input_topic"),
+        ({"LSTMD_KAFKA__HEARTBEAT_INTERVAL_MS": "6000"}, "kafka.heartbeat_interval_ms"),
+        ({"LSTMD_KAFKA__DEAD_LETTER_MAX_BYTES": "1048576"}, "kafka.dead_letter_max_bytes"),
+        ({"LSTMD_KAFKA__MAX_REQUEST_SIZE": "500000"}, "kafka.dead_letter_max_bytes"),
+        (
+            {"LSTMD_SNAPSHOT__EVERY_STEPS": "0", "LSTMD_SNAPSHOT__EVERY_S": "0"},
+            "snapshot.every_steps",
+        ),
+        ({"LSTMD_MODEL__BATCH_SIZE": "100000", "LSTMD_MODEL__WINDOW": "1000"}, "model.batch_size"),
+        ({"LSTMD_STREAM__MAX_KEY_BYTES": "0"}, "stream.max_key_bytes"),
     ],
 )
 def test_bad_value_names_the_setting_in_one_line(monkeypatch, env, name):
@@ -98,3 +111,12 @@ def test_secrets_are_masked_in_dumps_reprs_and_errors(monkeypatch):
     settings = load_settings()
     assert settings.kafka.sasl_password.get_secret_value() == SECRET
     assert SECRET not in repr(settings) and SECRET not in str(masked_dump(settings))
+
+
+def test_the_default_settings_and_a_large_but_sane_batch_are_accepted(monkeypatch):
+    defaults = load_settings()
+    assert defaults.kafka.dead_letter_max_bytes < defaults.kafka.max_request_size
+    assert defaults.stream.max_key_bytes == 256
+    monkeypatch.setenv("LSTMD_MODEL__BATCH_SIZE", "1024")
+    monkeypatch.setenv("LSTMD_MODEL__WINDOW", "64")
+    assert load_settings().model.batch_bytes() < 2**30

@@ -86,3 +86,67 @@ def test_parse_ts_accepts_numbers_and_rfc3339_with_offset():
     assert parse_ts("1970-01-01T01:00:00+01:00") == 0.0
     with pytest.raises(ValueError):
         parse_ts(float("nan"))
+
+
+BIG = "1" + "0" * 400  # a 401-digit JSON integer: no float can hold it
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        # Each of these raised (or was accepted and later failed) before issue 11.
+        ('{"key": "k", "ts": BIG, "features": [1, 2]}'.replace("BIG", BIG), Reason.BAD_TS),
+        ('{"key": "k", "ts": -BIG, "features": [1, 2]}'.replace("BIG", BIG), Reason.BAD_TS),
+        ('{"key": "k", "ts": 1, "features": [1, BIG]}'.replace("BIG", BIG), Reason.NON_FINITE),
+        (
+            '{"key": "k", "ts": 1, "features": [1, 2], "target": [BIG]}'.replace("BIG", BIG),
+            Reason.NON_FINITE,
+        ),
+        (
+            '{"key": "k", "ts": 1, "features": [1, 2], "reset": BIG}'.replace("BIG", BIG),
+            Reason.BAD_RESET,
+        ),
+        ('{"key": "\\ud800", "ts": 1, "features": [1, 2]}', Reason.BAD_KEY),
+        ('{"key": "a\\udfffb", "ts": 1, "features": [1, 2]}', Reason.BAD_KEY),
+    ],
+)
+def test_hostile_numbers_and_strings_become_rejections(value, reason):
+    result = decode_event(value.encode(), b"k", 2, 1)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\xef\xbb\xbf" + b'{"key": "k", "ts": 1, "features": [1, 2]}',
+        '{"key": "k", "ts": 1, "features": [1, 2]}'.encode("utf-16"),
+        '{"key": "k", "ts": 1, "features": [1, 2]}'.encode("utf-16-le"),
+        '{"key": "k", "ts": 1, "features": [1, 2]}'.encode("utf-32"),
+    ],
+)
+def test_events_are_utf8_json_without_bom(value):
+    result = decode_event(value, b"k", 2, 1)
+    assert isinstance(result, Rejection)
+    assert result.reason == Reason.INVALID_JSON
+
+
+def test_a_key_over_max_key_bytes_is_rejected_from_the_field_or_the_message_key():
+    at_limit = _decode({"key": "é" * 128, "ts": 1, "features": [1, 2]})  # 256 UTF-8 bytes
+    assert isinstance(at_limit, Event)
+    over = _decode({"key": "é" * 128 + "x", "ts": 1, "features": [1, 2]})
+    assert isinstance(over, Rejection) and over.reason == Reason.KEY_TOO_LARGE
+    assert "stream.max_key_bytes" in over.detail
+    value = json.dumps({"ts": 1, "features": [1, 2]}).encode()
+    from_message = decode_event(value, b"m" * 11, 2, 1, max_key_bytes=10)
+    assert isinstance(from_message, Rejection) and from_message.reason == Reason.KEY_TOO_LARGE
+
+
+def test_a_field_given_twice_takes_its_last_value():
+    result = _decode(b'{"key": "a", "key": "b", "ts": 1, "features": [1, 2]}')
+    assert isinstance(result, Event) and result.key == "b"
+
+
+def test_every_accepted_key_encodes_as_utf8():
+    result = _decode(b'{"key": "\\ud83d\\udd11", "ts": 1, "features": [1, 2]}')  # a valid pair
+    assert isinstance(result, Event) and result.key.encode("utf-8") == "🔑".encode()
