@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from daemon.core.batching import (
+    Batch,
     build_infer_batch,
     build_train_batch,
     split_chunks,
@@ -62,6 +63,10 @@ class StepModel(Protocol):
     def infer(
         self, x: np.ndarray, mask: np.ndarray, states: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TrainStepFailed(RuntimeError):
+    """A train step raised after it may have changed the model or keys' states."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,8 @@ class OnlineLearner:
         self.rolling = RollingPrequential(settings.metrics.prequential_window)
         self.nonfinite_losses = 0
         self.consecutive_nonfinite = 0
+        # (partition, offset) of the events of non-finite steps; the runner logs and clears it.
+        self.nonfinite_offsets: list[tuple[int, int]] = []
         self.rows_filled = 0  # keys in the last train step
         self.rows_filled_total = 0
         self.infer_calls = 0
@@ -386,6 +393,17 @@ class OnlineLearner:
         batch = build_train_batch(
             segments, self.batch_size, self._window, self.n_inputs, self.n_targets
         )
+        try:
+            self._step(batch)
+        except Exception as exc:
+            raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
+        self.step += 1
+        self._periodic_reset()
+        self._batch_opened_at = self._oldest_waiting()
+        return True
+
+    def _step(self, batch: Batch) -> None:
+        """Run one compiled step on a batch; write its states back and settle its events."""
         started = time.perf_counter()
         loss, predictions, states = self._model.train_step(
             batch.x, batch.y, batch.mask, batch.states
@@ -400,6 +418,11 @@ class OnlineLearner:
             # let the batch's events go untrained rather than retry them forever.
             self.nonfinite_losses += 1
             self.consecutive_nonfinite += 1
+            self.nonfinite_offsets += [
+                (store.partition, int(store.events.offset[e]))
+                for store, _, segment in batch.members
+                for e in segment
+            ]
         for b, (store, row, segment) in enumerate(batch.members):
             if finite:
                 store.states[row] = states[:, :, b, :]
@@ -407,10 +430,6 @@ class OnlineLearner:
         self.rows_filled = len(batch.members)
         self.step_rows.append(self.rows_filled)
         self.rows_filled_total += self.rows_filled
-        self.step += 1
-        self._periodic_reset()
-        self._batch_opened_at = self._oldest_waiting()
-        return True
 
     def _consume(
         self, store: KeyStateStore, row: int, segment: list[int], outputs: np.ndarray, ok: bool

@@ -11,14 +11,13 @@ import logging
 import math
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from daemon.core.events import Event, Reason, Rejection, decode_event
-from daemon.core.learner import OnlineLearner
+from daemon.core.learner import OnlineLearner, TrainStepFailed
 from daemon.core.records import encode_metrics, encode_prediction
 from daemon.persist.checkpointing import Checkpointer
 from daemon.service.health import Health
@@ -44,9 +43,6 @@ SUMMARY_INTERVAL_S = 60.0
 # Room a record needs beyond its key and value inside one produce request: the record batch
 # header (61 B), the record's own varints and attributes (< 25 B) and slack for the topic name.
 RECORD_OVERHEAD_BYTES = 512
-# An exception raised under one of these functions happened inside a train step: weights,
-# optimizer and many keys' states may be half-updated, so nothing after it can be trusted.
-TRAIN_STEP_FRAMES = frozenset({"train", "train_step", "_train_batch"})
 
 PartitionKey = tuple[str, int]
 
@@ -76,14 +72,6 @@ class SourceRecord:
     value: bytes | None = None
     timestamp_ms: int = -1
     headers: tuple[tuple[str, bytes], ...] = ()
-
-
-def inside_train_step(exc: BaseException) -> bool:
-    """Say whether `exc` was raised under a train step (see `TRAIN_STEP_FRAMES`)."""
-    return any(
-        frame.f_code.co_name in TRAIN_STEP_FRAMES
-        for frame, _ in traceback.walk_tb(exc.__traceback__)
-    )
 
 
 class Sink(Protocol):
@@ -256,9 +244,10 @@ class Runner:
             self._check_first_offset(raw.partition, raw.offset)
         try:
             result = self._learn(raw)
+        except TrainStepFailed as exc:
+            # Weights, optimizer and many keys' states may be half-updated.
+            raise StateUntrusted(str(exc)) from exc
         except Exception as exc:
-            if inside_train_step(exc):
-                raise StateUntrusted(f"train step failed: {type(exc).__name__}: {exc}") from exc
             result = self._internal_error(raw, exc)
         if result is not None:
             self._dead_letter(raw, result)
@@ -519,11 +508,9 @@ class Runner:
         return learner.step - step > learner.nonfinite_losses - nonfinite
 
     def _skip_diverged(self, steps: int) -> None:
-        # The learner's list of the skipped events' offsets, if it keeps one (drained here).
-        offsets = getattr(self._learner, "nonfinite_offsets", None)
-        shown = list(offsets) if offsets is not None else "not recorded by this learner"
-        if offsets is not None:
-            offsets.clear()
+        offsets = self._learner.nonfinite_offsets
+        shown = list(offsets)
+        offsets.clear()
         self._metrics.diverged_batches_skipped.inc(steps)
         log.warning(
             "training diverged again right after a rollback; batches skipped, events untrained",
