@@ -17,6 +17,7 @@ from daemon.edges.http import EndpointServer
 from daemon.edges.kafka_io import EventSource, Publisher, client_options, ensure_topics
 from daemon.model.environment import configure_tensorflow
 from daemon.persist.checkpointing import Checkpointer
+from daemon.persist.lock import DirectoryLock, DirectoryLocked
 from daemon.persist.snapshots import ShapeMismatch, SnapshotStore
 from daemon.service.health import Health
 from daemon.service.metrics import DaemonMetrics
@@ -62,10 +63,13 @@ class Daemon:
     metrics: DaemonMetrics
     model: Any
     endpoints: EndpointServer | None
+    lock: DirectoryLock | None = None
 
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def restore_state(
@@ -122,9 +126,36 @@ def check_snapshot_directory(directory: Path) -> None:
         ) from None
 
 
+def lock_snapshot_directory(directory: Path) -> DirectoryLock:
+    """Take the snapshot directory for this process alone (DESIGN.md §6).
+
+    Raises:
+        StartupError: another live process holds it; the line names that process.
+    """
+    lock = DirectoryLock(directory)
+    try:
+        lock.acquire()
+    except DirectoryLocked as exc:
+        raise StartupError(str(exc)) from None
+    log.info("snapshot directory locked", extra={"lock": str(lock.path)})
+    return lock
+
+
 def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> Daemon:
-    """Create topics, restore the newest snapshot, and build the Kafka clients and the runner."""
+    """Create topics, restore the newest snapshot, and build the Kafka clients and the runner.
+
+    The returned daemon holds the snapshot directory's lock until `Daemon.close`.
+    """
     check_snapshot_directory(settings.snapshot.directory)
+    lock = lock_snapshot_directory(settings.snapshot.directory)
+    try:
+        return _build(settings, options, serve_http, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:
     configure_tensorflow()
     from daemon.model.lstm import StatefulLSTM  # TensorFlow loads only when a daemon is built
 
@@ -166,7 +197,7 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
             ready=health.readiness,
         )
         log.info("http endpoints serving", extra={"port": endpoints.port})
-    return Daemon(runner, learner, metrics, model, endpoints)
+    return Daemon(runner, learner, metrics, model, endpoints, lock)
 
 
 def install_signal_handlers(runner: Runner) -> None:
