@@ -48,6 +48,13 @@ def kafka_connection(settings: Settings, embedded_port: int | None = None) -> It
     if settings.kafka.bootstrap_servers:
         yield client_options(settings.kafka, settings.kafka.bootstrap_servers)
         return
+    if settings.kafka.group_instance_id:
+        # Measured (tests/integration/test_rebalance.py): Tansu 0.6.0 evicts a restarted static
+        # member when its old session expires and then never finishes the rebalance.
+        raise StartupError(
+            "invalid setting kafka.group_instance_id: the embedded broker (Tansu) does not "
+            "support static membership; unset it or set kafka.bootstrap_servers"
+        )
     port = settings.kafka.embedded_port if embedded_port is None else embedded_port
     with EmbeddedBroker(port=port) as broker:
         log.info("embedded broker started", extra={"bootstrap": broker.bootstrap})
