@@ -181,6 +181,10 @@ def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryL
 
     def on_assign(partitions: set) -> None:
         log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
+        metrics.owned_partitions.set(len(partitions))  # eager protocol: the whole assignment
+        if holder.pop("joined", False):
+            metrics.rebalances.inc()
+        holder["joined"] = True
         holder["runner"].on_assign(partitions)
 
     def on_revoke(partitions: set) -> None:
