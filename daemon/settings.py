@@ -51,6 +51,17 @@ class KafkaSettings(_Section):
     dead_letter_topic: str = Field("lstmd-dead-letter", min_length=1)
     metrics_topic: str = Field("lstmd-metrics", min_length=1)
     group_id: str = Field("lstmd", min_length=1)
+    # Static membership (KIP-345): a member that comes back under the same id within the session
+    # timeout keeps its partitions without a rebalance. In k8s, the pod's name.
+    group_instance_id: str | None = Field(
+        None, min_length=1, max_length=249, description="Static group membership id; unset: off."
+    )
+    state_topic: str = Field(
+        "lstmd-state", min_length=1, description="Compacted topic: per input partition state."
+    )
+    weights_topic: str = Field(
+        "lstmd-weights", min_length=1, description="Compacted topic: each replica's weights."
+    )
     client_id: str = Field("lstmd", min_length=1)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # Tansu and small clusters: a short session makes a group join take seconds, not 20+.
@@ -148,6 +159,11 @@ class ModelSettings(_Section):
     )
     deterministic: bool = Field(
         False, description="Deterministic TensorFlow ops: reproducible weights, a little slower."
+    )
+    sync_every_s: float = Field(
+        0.0,
+        ge=0,
+        description="Publish weights and adopt the replicas' average this often; 0 = never.",
     )
 
     def shape(self) -> dict[str, object]:

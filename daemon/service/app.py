@@ -17,6 +17,7 @@ from daemon.edges.http import EndpointServer
 from daemon.edges.kafka_io import EventSource, Publisher, client_options, ensure_topics
 from daemon.model.environment import configure_tensorflow
 from daemon.persist.checkpointing import Checkpointer
+from daemon.persist.lock import DirectoryLock, DirectoryLocked
 from daemon.persist.snapshots import FormatMismatch, ShapeMismatch, SnapshotStore
 from daemon.service.health import Health
 from daemon.service.metrics import DaemonMetrics
@@ -47,6 +48,13 @@ def kafka_connection(settings: Settings, embedded_port: int | None = None) -> It
     if settings.kafka.bootstrap_servers:
         yield client_options(settings.kafka, settings.kafka.bootstrap_servers)
         return
+    if settings.kafka.group_instance_id:
+        # Measured (tests/integration/test_rebalance.py): Tansu 0.6.0 evicts a restarted static
+        # member when its old session expires and then never finishes the rebalance.
+        raise StartupError(
+            "invalid setting kafka.group_instance_id: the embedded broker (Tansu) does not "
+            "support static membership; unset it or set kafka.bootstrap_servers"
+        )
     port = settings.kafka.embedded_port if embedded_port is None else embedded_port
     with EmbeddedBroker(port=port) as broker:
         log.info("embedded broker started", extra={"bootstrap": broker.bootstrap})
@@ -62,10 +70,13 @@ class Daemon:
     metrics: DaemonMetrics
     model: Any
     endpoints: EndpointServer | None
+    lock: DirectoryLock | None = None
 
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def restore_state(
@@ -124,9 +135,36 @@ def check_snapshot_directory(directory: Path) -> None:
         ) from None
 
 
+def lock_snapshot_directory(directory: Path) -> DirectoryLock:
+    """Take the snapshot directory for this process alone (DESIGN.md §6).
+
+    Raises:
+        StartupError: another live process holds it; the line names that process.
+    """
+    lock = DirectoryLock(directory)
+    try:
+        lock.acquire()
+    except DirectoryLocked as exc:
+        raise StartupError(str(exc)) from None
+    log.info("snapshot directory locked", extra={"lock": str(lock.path)})
+    return lock
+
+
 def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> Daemon:
-    """Create topics, restore the newest snapshot, and build the Kafka clients and the runner."""
+    """Create topics, restore the newest snapshot, and build the Kafka clients and the runner.
+
+    The returned daemon holds the snapshot directory's lock until `Daemon.close`.
+    """
     check_snapshot_directory(settings.snapshot.directory)
+    lock = lock_snapshot_directory(settings.snapshot.directory)
+    try:
+        return _build(settings, options, serve_http, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:
     configure_tensorflow()
     from daemon.model.lstm import StatefulLSTM  # TensorFlow loads only when a daemon is built
 
@@ -145,6 +183,10 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
 
     def on_assign(partitions: set) -> None:
         log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
+        metrics.owned_partitions.set(len(partitions))  # eager protocol: the whole assignment
+        if holder.pop("joined", False):
+            metrics.rebalances.inc()
+        holder["joined"] = True
         holder["runner"].on_assign(partitions)
 
     def on_revoke(partitions: set) -> None:
@@ -168,7 +210,7 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
             ready=health.readiness,
         )
         log.info("http endpoints serving", extra={"port": endpoints.port})
-    return Daemon(runner, learner, metrics, model, endpoints)
+    return Daemon(runner, learner, metrics, model, endpoints, lock)
 
 
 def install_signal_handlers(runner: Runner) -> None:

@@ -36,6 +36,10 @@ _SNAPSHOT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 # few rows of B says keys rarely hold trainable events together.
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
+# Restoring a partition's key states from the state topic: ~1 s for 100k keys measured
+# (bench/state_restore.py), more on a real cluster or with a large uncompacted topic.
+_RESTORE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
 MODEL_LABELS = ("lstmd", "naive")
 
 
@@ -208,6 +212,45 @@ class DaemonMetrics:
             registry=r,
         )
 
+        # ---- scale-out: partitions, their states, one logical model ------------------------
+        self.owned_partitions = Gauge(
+            "lstmd_owned_partitions", "Input partitions this replica owns now.", registry=r
+        )
+        self.rebalances = Counter(
+            "lstmd_rebalances",
+            "Consumer-group rebalances this replica took part in (after its first join).",
+            registry=r,
+        )
+        self.partition_restore_duration = Histogram(
+            "lstmd_partition_restore_duration_seconds",
+            "Time to restore one assigned partition's key states from the state topic.",
+            buckets=_RESTORE_BUCKETS,
+            registry=r,
+        )
+        self.state_topic_lag = Gauge(
+            "lstmd_state_topic_lag_records",
+            "Input records processed since the partition's last durable state write: what a "
+            "new owner would process again if the partition moved now.",
+            ["partition"],
+            registry=r,
+        )
+        self._state_lag_partitions: set[str] = set()
+        self.weight_sync_last = Gauge(
+            "lstmd_weight_sync_last_timestamp_seconds",
+            "Unix time this replica last adopted the replicas' averaged weights (0: never).",
+            registry=r,
+        )
+        self.live_replicas = Gauge(
+            "lstmd_live_replicas",
+            "Replicas whose weights counted in the last average (published within 3 sync periods).",
+            registry=r,
+        )
+        self.weights_divergence = Gauge(
+            "lstmd_weights_divergence",
+            "L2 norm of this replica's weights minus the average, just before adopting it.",
+            registry=r,
+        )
+
         # ---- liveness ----------------------------------------------------------------------
         self.loop_last_progress = Gauge(
             "lstmd_loop_last_progress_timestamp_seconds",
@@ -249,3 +292,12 @@ class DaemonMetrics:
         for (_, partition), messages in lag.items():
             # End offsets and positions are read at different moments; a lag below 0 is a race.
             self.consumer_lag.labels(partition=str(partition)).set(max(0, messages))
+
+    def set_state_topic_lag(self, lag: Mapping[int, int]) -> None:
+        """Set, per owned input partition, the records processed since its last state write."""
+        current = {str(partition) for partition in lag}
+        for label in self._state_lag_partitions - current:
+            self.state_topic_lag.remove(label)  # a partition that moved away
+        self._state_lag_partitions = current
+        for partition, records in lag.items():
+            self.state_topic_lag.labels(partition=str(partition)).set(max(0, records))

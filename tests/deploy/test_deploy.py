@@ -383,6 +383,22 @@ def test_compose_services() -> None:
     targets = [v.split(":")[1] for v in lstmd["volumes"]]
     assert env["LSTMD_SNAPSHOT__DIRECTORY"] in targets, "snapshots must be on a volume"
 
+    # Two replicas in one group, each with its own instance id and snapshot volume.
+    replicas = [services["lstmd"], services["lstmd-1"]]
+    envs = [{k: str(v) for k, v in r["environment"].items()} for r in replicas]
+    assert envs[0]["LSTMD_KAFKA__GROUP_ID"] == envs[1]["LSTMD_KAFKA__GROUP_ID"]
+    assert len({e["LSTMD_KAFKA__GROUP_INSTANCE_ID"] for e in envs}) == 2
+    assert {k: v for k, v in envs[1].items() if "INSTANCE" not in k} == {
+        k: v for k, v in envs[0].items() if "INSTANCE" not in k
+    }
+    snapshot_volumes = [
+        v.split(":")[0]
+        for r, e in zip(replicas, envs, strict=True)
+        for v in r["volumes"]
+        if v.split(":")[1] == e["LSTMD_SNAPSHOT__DIRECTORY"]
+    ]
+    assert len(set(snapshot_volumes)) == 2, "each replica needs its own snapshot volume"
+
 
 def _bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
     """Container path → host path of the relative bind mounts of a service."""
@@ -483,7 +499,7 @@ def test_k8s_statefulset() -> None:
     spec = sts["spec"]
     pod = spec["template"]["spec"]
     labels = spec["template"]["metadata"]["labels"]
-    assert spec["replicas"] == 1
+    assert spec["replicas"] == 3
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert pod["terminationGracePeriodSeconds"] >= DRAIN_TIMEOUT_S
 
@@ -494,6 +510,13 @@ def test_k8s_statefulset() -> None:
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = container[probe]["httpGet"]
         assert get["path"] == path and get["port"] in ("metrics", ports["metrics"]), probe
+
+    # Static membership: each pod's group instance id is its own name.
+    (instance,) = [e for e in container["env"] if e["name"] == "LSTMD_KAFKA__GROUP_INSTANCE_ID"]
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    budget = docs["PodDisruptionBudget"]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
 
     refs = {next(iter(e.values()))["name"] for e in container["envFrom"]}
     assert refs == {docs["ConfigMap"]["metadata"]["name"], docs["Secret"]["metadata"]["name"]}
