@@ -98,3 +98,17 @@ def test_secrets_are_masked_in_dumps_reprs_and_errors(monkeypatch):
     settings = load_settings()
     assert settings.kafka.sasl_password.get_secret_value() == SECRET
     assert SECRET not in repr(settings) and SECRET not in str(masked_dump(settings))
+
+
+def test_derived_feature_settings_default_to_auto_and_refuse_bad_seasons(monkeypatch):
+    settings = load_settings()
+    assert settings.stream.derived_calendar is True
+    assert settings.stream.seasons == "auto" and settings.stream.seasons_tuple() is None
+    monkeypatch.setenv("LSTMD_STREAM__SEASONS", "[48, 336]")
+    assert load_settings().stream.seasons_tuple() == (48, 336)
+    monkeypatch.setenv("LSTMD_STREAM__SEASONS", "[]")
+    assert load_settings().stream.seasons_tuple() == ()
+    for bad in ("[0]", "[7, 7]", "weekly"):
+        monkeypatch.setenv("LSTMD_STREAM__SEASONS", bad)
+        with pytest.raises(SettingsError, match=r"stream\.seasons"):
+            load_settings()
