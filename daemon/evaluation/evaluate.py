@@ -255,11 +255,12 @@ def summary_markdown(reports: Sequence[EvaluationReport]) -> str:
             f"{report.events:,} events, {report.keys} keys, season m = {report.season}. "
             f"{report.headline()}.",
             "",
-            "| model | MAE | events/s |",
-            "| --- | ---: | ---: |",
+            "| model | MAE | median key's MAE | events/s |",
+            "| --- | ---: | ---: | ---: |",
         ]
         lines += [
-            f"| {r.description} | {r.overall.mae:.4g} | {r.events_per_s:,.0f} |"
+            f"| {r.description} | {r.overall.mae:.4g} | {r.median_key_mae():.4g} | "
+            f"{r.events_per_s:,.0f} |"
             for r in report.results
         ]
         lines.append("")

@@ -144,3 +144,9 @@ def test_plots_are_written_small(tmp_path):
     for name in files.values():
         size = (tmp_path / name).stat().st_size
         assert 1_000 < size < 200_000
+
+
+def test_the_median_keys_mae_is_not_swayed_by_one_diverged_key():
+    per_key = {"a": Errors(1.0, 1.0, 5), "b": Errors(3.0, 3.0, 5), "c": Errors(1e9, 1e9, 5)}
+    result = ModelResult("snarimax", "snarimax", Errors(3e8, 5e8, 15), per_key, 1.0, 1.0)
+    assert result.median_key_mae() == 3.0
