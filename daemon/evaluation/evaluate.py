@@ -32,7 +32,7 @@ from daemon.evaluation.lstmd_run import (
     horizon_of,
     lstmd_forecasts,
 )
-from daemon.evaluation.report import EvaluationReport, ModelResult, render_markdown
+from daemon.evaluation.report import EvaluationReport, ModelResult, cell, render_markdown
 from daemon.evaluation.scoring import (
     Pairs,
     error_summary,
@@ -259,7 +259,7 @@ def summary_markdown(reports: Sequence[EvaluationReport]) -> str:
             "| --- | ---: | ---: | ---: |",
         ]
         lines += [
-            f"| {r.description} | {r.overall.mae:.4g} | {r.median_key_mae():.4g} | "
+            f"| {cell(r.description)} | {r.overall.mae:.4g} | {r.median_key_mae():.4g} | "
             f"{r.events_per_s:,.0f} |"
             for r in report.results
         ]

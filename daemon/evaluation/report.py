@@ -113,6 +113,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def cell(text: str) -> str:
+    """Escape a markdown table cell ("StandardScaler | LinearRegression" holds a pipe)."""
+    return text.replace("|", "\\|")
+
+
 def render_markdown(report: EvaluationReport) -> str:
     """Render the report: headline, overall table, steps ahead, throughput, per key, settings."""
     lines = [
@@ -130,7 +135,7 @@ def render_markdown(report: EvaluationReport) -> str:
     ]
     for r in report.results:
         lines.append(
-            f"| {r.description} | {r.overall.mae:.4g} | {r.overall.rmse:.4g} | "
+            f"| {cell(r.description)} | {r.overall.mae:.4g} | {r.overall.rmse:.4g} | "
             f"{r.median_key_mae():.4g} | {r.events_per_s:,.0f} |"
         )
     lines += [
@@ -173,7 +178,7 @@ def _per_step_table(report: EvaluationReport) -> str:
     ]
     for r in report.results:
         cells = [f"{e.mae:.4g}" for e in r.per_step] + ["-"] * (report.horizon - len(r.per_step))
-        rows.append(f"| {r.description} | " + " | ".join(cells) + " |")
+        rows.append(f"| {cell(r.description)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

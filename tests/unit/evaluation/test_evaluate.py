@@ -10,7 +10,7 @@ from toy_model import ToyModel
 from daemon.cli import main
 from daemon.evaluation.datasets import load_csv_dataset
 from daemon.evaluation.evaluate import run_evaluation
-from daemon.evaluation.report import EvaluationReport, ModelResult, render_markdown
+from daemon.evaluation.report import EvaluationReport, ModelResult, cell, render_markdown
 from daemon.evaluation.scoring import Errors
 from daemon.settings import ModelSettings, Settings
 
@@ -86,7 +86,10 @@ def test_lstmd_evaluate_csv_command_writes_a_report(tmp_path, monkeypatch):
     lstmd = saved["results"][0]
     assert lstmd["name"] == "lstmd" and "sales, visitors" in lstmd["description"]
     assert lstmd["overall"]["count"] == 54 and lstmd["events_per_s"] > 0
-    assert "| naive (last value) |" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "| naive (last value) |" in text
+    assert "StandardScaler" not in text  # only lstmd and naive ran
+    assert cell("a | b") == "a \\| b"  # a pipe in a model's name must not split its row
 
 
 def test_lstmd_evaluate_csv_without_its_columns_is_a_usage_error(tmp_path, capsys):
