@@ -1,4 +1,4 @@
-"""Command line: `lstmd run | demo | produce | check-config`.
+"""Command line: `lstmd run | demo | produce | check-config | evaluate | snapshots | export`.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage or settings error (one line naming it).
 """
@@ -76,20 +76,33 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
-        help="prequential forecast quality against baselines on a real data set",
-        description="Replay a data set through the learner (no Kafka) and score it, one step "
-        "ahead and prequentially, against the naive, seasonal naive and River SNARIMAX "
-        "forecasts on the same events. Needs the `eval` extra (pip install 'lstmd[eval]').",
+        help="prequential forecast quality against baselines, on a built-in data set or a CSV",
+        description="Replay a data set through the learner (no Kafka) and score it, "
+        "prequentially, against naive, seasonal naive and River SNARIMAX forecasts (plain and "
+        "seasonal) on the same events. Built-in sets: birthdays, elecdemand, us_employment, "
+        "nyc_weather, or `all` (writes reports/ and reports/summary.md); or any CSV file with "
+        "--csv --key --ts --features. Needs the `eval` extra (pip install 'lstmd[eval]').",
     )
-    evaluate.add_argument("--dataset", default="birthdays", help="birthdays or elecdemand")
+    evaluate.add_argument(
+        "--dataset", default="birthdays", help="a built-in data set, or all (default birthdays)"
+    )
+    evaluate.add_argument("--csv", type=Path, help="evaluate this CSV file instead (with a header)")
+    evaluate.add_argument("--key", help="--csv: column holding the stream key")
+    evaluate.add_argument("--ts", help="--csv: column holding epoch seconds or RFC 3339 times")
+    evaluate.add_argument("--features", type=_columns, help="--csv: comma-separated features")
+    evaluate.add_argument("--target", help="--csv: the column to forecast (default: 1st feature)")
     evaluate.add_argument("--events", type=_positive, help="only the first N events")
-    evaluate.add_argument("--out", type=Path, help="report directory (default: reports/DATASET)")
-    evaluate.add_argument("--season", type=_positive, help="seasonal naive season (default: data)")
+    evaluate.add_argument(
+        "--out", type=Path, help="report directory (default: reports/DATASET or reports/CSV-NAME)"
+    )
+    evaluate.add_argument(
+        "--season", type=_positive, help="season m in events (default: the data's or detected)"
+    )
     evaluate.add_argument(
         "--models",
         type=_columns,
-        help="comma-separated subset of lstmd, lstmd_stateless, "
-        "naive, seasonal_naive, snarimax (default: all)",
+        help="comma-separated subset of lstmd, lstmd_handbuilt, lstmd_stateless, naive, "
+        "seasonal_naive, snarimax, snarimax_seasonal (default: all but lstmd_stateless)",
     )
     evaluate.add_argument("--snarimax-lr", type=float, default=0.001)
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
@@ -193,24 +206,41 @@ def _export(settings: Settings, snapshot_id: str, out: Path) -> int:
 
 
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.evaluation.evaluate import MODELS, run_evaluation
+    from daemon.evaluation.datasets import LOADERS, load_csv_dataset
+    from daemon.evaluation.evaluate import DEFAULT_MODELS, run_evaluation, summary_markdown
 
-    out = args.out or Path("reports") / args.dataset
+    options = {
+        "limit": args.events,
+        "season": args.season,
+        "models": list(args.models or DEFAULT_MODELS),
+        "snarimax_lr": args.snarimax_lr,
+        "plots": not args.no_plots,
+    }
     try:
-        run_evaluation(
-            settings,
-            dataset=args.dataset,
-            out_dir=out,
-            limit=args.events,
-            season=args.season,
-            models=list(args.models or MODELS),
-            snarimax_lr=args.snarimax_lr,
-            plots=not args.no_plots,
-        )
-    except (ValueError, ImportError) as exc:
+        if args.csv is not None:
+            missing = [f"--{n}" for n in ("key", "ts", "features") if not getattr(args, n)]
+            if missing:
+                raise ValueError(f"--csv needs {', '.join(missing)}")
+            data = load_csv_dataset(
+                args.csv, args.key, args.ts, args.features, args.target, args.events
+            )
+            out = args.out or Path("reports") / args.csv.stem
+            run_evaluation(settings, data, out_dir=out, **{**options, "limit": None})
+        elif args.dataset == "all":
+            out = args.out or Path("reports")
+            reports = [
+                run_evaluation(settings, name, out_dir=out / name, **options) for name in LOADERS
+            ]
+            (out / "summary.md").write_text(summary_markdown(reports), encoding="utf-8")
+            print(f"summary written to {out / 'summary.md'}")
+        else:
+            out = args.out or Path("reports") / args.dataset
+            run_evaluation(settings, args.dataset, out_dir=out, **options)
+    except (ValueError, ImportError, OSError) as exc:
         print(f"lstmd evaluate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"report written to {out / 'report.md'}")
+    if args.dataset != "all" or args.csv is not None:
+        print(f"report written to {out / 'report.md'}")
     return EXIT_OK
 
 

@@ -234,6 +234,30 @@ class StreamSettings(_Section):
     max_future_s: float = Field(
         86_400.0, ge=0, description="Events this far past the wall clock: future_ts; 0 disables."
     )
+    # Derived features (daemon/core/derived.py): an LSTM with T=16 truncated backpropagation
+    # cannot carry a 48- or 336-step season in its state; lags and the calendar hand it over.
+    derived_calendar: bool = Field(
+        True, description="Append time of day/week/year (sin, cos) of the forecast's target time."
+    )
+    seasons: tuple[int, ...] | Literal["auto"] = Field(
+        "auto",
+        description="Seasonal lags in events of one key, e.g. [48, 336]; auto picks them per key "
+        "from its cadence; [] disables lags.",
+    )
+
+    @field_validator("seasons")
+    @classmethod
+    def _seasons_positive(cls, value: tuple[int, ...] | str) -> tuple[int, ...] | str:
+        # 10**5 events back costs 400 kB per key and target: far past any sensible season.
+        if isinstance(value, tuple) and any(m < 1 or m > 100_000 for m in value):
+            raise ValueError(f"seasons must lie in [1, 100000] events, got {list(value)}")
+        if isinstance(value, tuple) and len(set(value)) != len(value):
+            raise ValueError(f"seasons must not repeat, got {list(value)}")
+        return value
+
+    def seasons_tuple(self) -> tuple[int, ...] | None:
+        """Return the seasons as DerivedFeatures takes them: a tuple, or None for auto."""
+        return None if self.seasons == "auto" else tuple(self.seasons)
 
 
 class SnapshotSettings(_Section):

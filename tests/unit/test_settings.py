@@ -120,3 +120,17 @@ def test_the_default_settings_and_a_large_but_sane_batch_are_accepted(monkeypatc
     monkeypatch.setenv("LSTMD_MODEL__BATCH_SIZE", "1024")
     monkeypatch.setenv("LSTMD_MODEL__WINDOW", "64")
     assert load_settings().model.batch_bytes() < 2**30
+
+
+def test_derived_feature_settings_default_to_auto_and_refuse_bad_seasons(monkeypatch):
+    settings = load_settings()
+    assert settings.stream.derived_calendar is True
+    assert settings.stream.seasons == "auto" and settings.stream.seasons_tuple() is None
+    monkeypatch.setenv("LSTMD_STREAM__SEASONS", "[48, 336]")
+    assert load_settings().stream.seasons_tuple() == (48, 336)
+    monkeypatch.setenv("LSTMD_STREAM__SEASONS", "[]")
+    assert load_settings().stream.seasons_tuple() == ()
+    for bad in ("[0]", "[7, 7]", "weekly"):
+        monkeypatch.setenv("LSTMD_STREAM__SEASONS", bad)
+        with pytest.raises(SettingsError, match=r"stream\.seasons"):
+            load_settings()

@@ -1,0 +1,284 @@
+"""Derived features: calendar of the forecast's target time and seasonal lags, per key.
+
+Pure numpy. Each key owns one row of contiguous arrays (the key-state store hands out the row
+numbers and grows capacity), holding the key's recent inter-event gaps (for its cadence), its
+last event time and a ring of its recent target values (for the lags). `observe` folds one event
+in; `derive` returns the features for forecasting the key's *next* value from what has been
+observed so far, so a forecast never uses anything after its event.
+
+Calendar features are sin/cos pairs of time of day, day of week and day of year of the target
+time, which is the last event time plus the key's cadence (the median of its recent gaps). Times
+are UTC. Day of year uses the mean Gregorian year (365.2425 days) counted from 1970-01-01, so it
+drifts by less than a day against the civil calendar, which a sin/cos pair does not notice.
+
+>>> derived = DerivedFeatures(seasons=(2,), calendar=False, n_targets=1, capacity=4)
+>>> for ts, value in [(0.0, 10.0), (60.0, 20.0), (120.0, 30.0)]:
+...     derived.observe(0, ts, np.array([value]))
+>>> derived.derive(0).tolist()  # the value 2 steps before the next one
+[20.0]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+MINUTE_S = 60.0
+HOUR_S = 3_600.0
+DAY_S = 86_400.0
+WEEK_S = 7 * DAY_S
+YEAR_S = 365.2425 * DAY_S  # the mean Gregorian year
+MONTH_S = YEAR_S / 12
+
+# Seasons (in events of one key) picked for a key when `seasons` is "auto", by its cadence. A
+# cadence matches an entry when it lies within CADENCE_TOLERANCE of it (months vary 28-31 days).
+SEASONS_BY_CADENCE: dict[float, tuple[int, ...]] = {
+    30 * MINUTE_S: (48, 336),  # a day, a week of half hours
+    HOUR_S: (24, 168),  # a day, a week of hours
+    DAY_S: (7, 365),  # a week, a year of days
+    WEEK_S: (52,),  # a year of weeks
+    MONTH_S: (12,),  # a year of months
+}
+CADENCE_TOLERANCE = 0.15  # relative; a 31-day gap is 1.9% off the mean month
+# Lag slots in auto mode: the most seasons any cadence has; an unused slot repeats the last value.
+AUTO_SLOTS = max(len(s) for s in SEASONS_BY_CADENCE.values())
+# Gaps in the running median of a key's cadence: enough to outvote a few missing or repeated
+# events, few enough that the median is a sort of 15 numbers on the hot path.
+CADENCE_GAPS = 15
+CALENDAR_NAMES = ("tod_sin", "tod_cos", "dow_sin", "dow_cos", "doy_sin", "doy_cos")
+# 1970-01-01 was a Thursday: shift so that Monday 00:00 is phase 0 of the week.
+_MONDAY_OFFSET_S = 3 * DAY_S
+_TWO_PI = 2.0 * math.pi
+
+
+def seasons_for_cadence(cadence_s: float) -> tuple[int, ...]:
+    """Return the seasons of the cadence class `cadence_s` falls in, or () for none."""
+    for nominal, seasons in SEASONS_BY_CADENCE.items():
+        if abs(cadence_s - nominal) <= CADENCE_TOLERANCE * nominal:
+            return seasons
+    return ()
+
+
+def calendar_features(target_ts: float, cadence_s: float, out: np.ndarray) -> None:
+    """Write the 6 calendar features of `target_ts` into `out`, zero where they do not vary.
+
+    A component varies at a cadence shorter than its period (time of day under a day, and so
+    on); at a longer cadence every event would see (nearly) the same phase, so it is 0.
+
+    Args:
+        target_ts: The forecast's target time, epoch seconds (UTC).
+        cadence_s: The key's cadence in seconds; 0 (unknown) gives all zeros.
+        out: Six floats to fill.
+    """
+    out[:6] = 0.0
+    if cadence_s <= 0.0:
+        return
+    for index, period, offset in (
+        (0, DAY_S, 0.0),
+        (2, WEEK_S, _MONDAY_OFFSET_S),
+        (4, YEAR_S, 0.0),
+    ):
+        if cadence_s < period * (1 - CADENCE_TOLERANCE):
+            angle = _TWO_PI * (((target_ts + offset) % period) / period)
+            out[index] = math.sin(angle)
+            out[index + 1] = math.cos(angle)
+
+
+class DerivedFeatures:
+    """Per-key calendar features and seasonal lags, as rows of contiguous arrays.
+
+    Attributes:
+        seasons: The configured seasons, or None for "auto" (per key, from its cadence).
+        calendar: Whether the 6 calendar features lead the derived features.
+        n_targets: Values per observed target.
+        capacity: Rows held.
+        slots: Lag slots per target (auto: AUTO_SLOTS).
+        longest: L, the history ring's length: the longest lag in use.
+        width: Derived features per event: 6 × calendar + slots × n_targets.
+        names: One name per derived feature, in order.
+    """
+
+    def __init__(
+        self, seasons: tuple[int, ...] | None, calendar: bool, n_targets: int, capacity: int
+    ) -> None:
+        if seasons is not None and any(m < 1 for m in seasons):
+            raise ValueError(f"seasons must be >= 1, got {list(seasons)}")
+        if n_targets < 1 or capacity < 0:
+            raise ValueError(f"need n_targets >= 1 and capacity >= 0, got {n_targets}, {capacity}")
+        self.seasons = None if seasons is None else tuple(seasons)
+        self.calendar = calendar
+        self.n_targets = n_targets
+        self.capacity = 0
+        self.slots = AUTO_SLOTS if seasons is None else len(seasons)
+        all_seasons = [m for s in SEASONS_BY_CADENCE.values() for m in s]
+        self.longest = max(all_seasons if seasons is None else seasons, default=1)
+        self.width = (len(CALENDAR_NAMES) if calendar else 0) + self.slots * n_targets
+        self.names = self._names()
+        self._arrays: dict[str, np.ndarray] = self._empty(0)
+        self.grow(capacity)
+
+    def _names(self) -> list[str]:
+        names = list(CALENDAR_NAMES) if self.calendar else []
+        labels = (
+            [f"lag_auto{slot + 1}" for slot in range(self.slots)]
+            if self.seasons is None
+            else [f"lag_{m}" for m in self.seasons]
+        )
+        return names + [f"{label}[{t}]" for label in labels for t in range(self.n_targets)]
+
+    def _empty(self, capacity: int) -> dict[str, np.ndarray]:
+        return {
+            "history": np.zeros((capacity, self.longest, self.n_targets), np.float32),
+            "count": np.zeros(capacity, np.int64),  # values observed; ring position = count % L
+            "last_ts": np.zeros(capacity, np.float64),
+            "gaps": np.zeros((capacity, CADENCE_GAPS), np.float64),
+            "gap_count": np.zeros(capacity, np.int64),
+            "cadence": np.zeros(capacity, np.float64),  # seconds; 0 = not known yet
+            "lags": np.zeros((capacity, self.slots), np.int64),  # per slot its season; 0 = unused
+        }
+
+    def _bind(self) -> None:
+        # Attribute lookups on the hot path: bind the arrays once per (re)allocation.
+        a = self._arrays
+        self._history, self._count, self._last_ts = a["history"], a["count"], a["last_ts"]
+        self._gaps, self._gap_count, self._cadence = a["gaps"], a["gap_count"], a["cadence"]
+        self._lags = a["lags"]
+
+    def grow(self, capacity: int) -> None:
+        """Hold `capacity` rows: rows below the old capacity are kept, new rows are cleared."""
+        if capacity < self.capacity:
+            raise ValueError(f"capacity can only grow: {self.capacity} -> {capacity}")
+        old = self.capacity
+        grown = self._empty(capacity)
+        for name, array in self._arrays.items():
+            grown[name][:old] = array
+        if self.seasons is not None:
+            grown["lags"][old:] = self.seasons
+        self._arrays, self.capacity = grown, capacity
+        self._bind()
+
+    def clear_row(self, row: int) -> None:
+        """Forget a row's history: a new key, or a key dropped from the store."""
+        for array in self._arrays.values():
+            array[row] = 0
+        if self.seasons is not None:
+            self._lags[row] = self.seasons
+
+    def observe(self, row: int, ts: float, value: np.ndarray) -> None:
+        """Fold one event of the row's key in: its time and its target value(s).
+
+        Args:
+            row: The key's row.
+            ts: The event time, epoch seconds, not before the key's previous one.
+            value: The event's target value(s), `n_targets` numbers (forecast mode: the
+                forecast features).
+        """
+        count = int(self._count[row])
+        if count:
+            gap = ts - float(self._last_ts[row])
+            if gap > 0.0:  # repeated times say nothing about the cadence
+                self._add_gap(row, gap)
+        self._last_ts[row] = ts
+        self._history[row, count % self.longest] = value
+        self._count[row] = count + 1
+
+    def _add_gap(self, row: int, gap: float) -> None:
+        filled = int(self._gap_count[row])
+        gaps = self._gaps[row]
+        slot = filled % CADENCE_GAPS
+        evicted = float(gaps[slot]) if filled >= CADENCE_GAPS else math.nan
+        gaps[slot] = gap
+        self._gap_count[row] = filled + 1
+        cadence = float(self._cadence[row])
+        if gap == cadence and evicted == cadence:
+            return  # the same multiset of gaps: the median stands (the common, regular case)
+        ordered = sorted(gaps[: min(filled + 1, CADENCE_GAPS)].tolist())
+        middle = len(ordered) // 2
+        median = (
+            ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+        )
+        self._cadence[row] = median
+        if self.seasons is None and median != cadence:
+            seasons = seasons_for_cadence(median)
+            self._lags[row] = 0
+            self._lags[row, : len(seasons)] = seasons
+
+    def cadence(self, row: int) -> float:
+        """Return the row's cadence in seconds (0 until it has two events at distinct times)."""
+        return float(self._cadence[row])
+
+    def derive(self, row: int, ts: float | None = None) -> np.ndarray:
+        """Return the derived features for forecasting the row's next value, float64 [width].
+
+        Calendar: of the target time, the last event time plus the cadence (all 0 until the
+        cadence is known). Lag m: the value m steps before the one being predicted, i.e. the m-th
+        most recent observed value; the most recent one while fewer than m are observed (seasonal
+        naive falls back to naive), 0 before any. An unused auto slot holds the most recent value.
+        """
+        out = np.empty(self.width, np.float64)
+        start = 0
+        if self.calendar:
+            cadence = float(self._cadence[row])
+            now = float(self._last_ts[row]) if ts is None else ts
+            calendar_features(now + cadence, cadence, out)
+            start = len(CALENDAR_NAMES)
+        count = int(self._count[row])
+        if count == 0:
+            out[start:] = 0.0
+            return out
+        n = self.n_targets
+        history, longest = self._history[row], self.longest
+        for slot, lag in enumerate(self._lags[row].tolist()):
+            back = lag if 0 < lag <= count else 1
+            out[start + slot * n : start + (slot + 1) * n] = history[(count - back) % longest]
+        return out
+
+    # ---- snapshots ----------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Return every row and the configuration as arrays, for an `.npz` snapshot."""
+        arrays = {name: array.copy() for name, array in self._arrays.items()}
+        arrays["config_seasons"] = np.asarray(
+            [] if self.seasons is None else self.seasons, np.int64
+        )
+        arrays["config_flags"] = np.asarray(
+            [self.seasons is None, self.calendar, self.n_targets], np.int64
+        )
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> DerivedFeatures:
+        """Rebuild from `to_arrays` output, exactly.
+
+        Raises:
+            ValueError: The arrays do not describe a DerivedFeatures (missing or misshapen).
+        """
+        try:
+            auto, calendar, n_targets = (int(v) for v in arrays["config_flags"])
+            seasons = None if auto else tuple(int(m) for m in arrays["config_seasons"])
+            derived = cls(seasons, bool(calendar), n_targets, len(arrays["count"]))
+            derived.put(np.arange(derived.capacity), arrays)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"derived-feature arrays do not load: {exc}") from None
+        return derived
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Return copies of the given rows' arrays (e.g. the keys of one partition)."""
+        return {name: array[rows] for name, array in self._arrays.items()}
+
+    def put(self, rows: np.ndarray, arrays: dict[str, Any]) -> None:
+        """Write rows taken with `take` (or `to_arrays`) into the given rows.
+
+        Raises:
+            ValueError: An array is missing or has the wrong shape for these rows.
+        """
+        for name, array in self._arrays.items():
+            given = np.asarray(arrays[name])
+            if given.shape[1:] != array.shape[1:] or len(given) != len(rows):
+                raise ValueError(
+                    f"{name}: shape {given.shape} does not fit {len(rows)} rows of "
+                    f"{array.shape[1:]}; was it saved with other derived-feature settings?"
+                )
+            array[rows] = given
