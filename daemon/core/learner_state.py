@@ -194,3 +194,36 @@ def import_learner(
         ready=[ref for _, ref in sorted(waits["ready"])],
         full=[ref for _, ref in sorted(waits["full"])],
     )
+
+
+def export_partition(learner: OnlineLearner, partition: int) -> tuple[Arrays, dict]:
+    """Return (arrays, metadata) of one input partition's store, to move it to another owner.
+
+    Raises:
+        KeyError: the learner holds no store for that partition.
+    """
+    return export_store(learner.stores[partition], _ranks(learner, partition))
+
+
+def import_partition(learner: OnlineLearner, arrays: Arrays, meta: dict, now: float) -> int:
+    """Load one partition's store (from `export_partition`) into a learner; return the partition.
+
+    Its keys join the wait lists behind the keys already waiting, in their saved order.
+
+    Raises:
+        ValueError: the arrays do not fit this learner's model shape, or the learner already
+            holds that partition.
+    """
+    partition = int(meta["partition"])
+    if partition in learner.stores:
+        raise ValueError(f"partition {partition} is already held by this learner")
+    layers, _, _, units = learner.state_shape
+    store, waits = import_store(
+        arrays, meta, layers, units, learner.n_inputs, learner.n_targets, now
+    )
+    learner.adopt(
+        {partition: store},
+        ready=[(partition, row) for _, row in sorted(waits["ready"])],
+        full=[(partition, row) for _, row in sorted(waits["full"])],
+    )
+    return partition

@@ -4,11 +4,17 @@ it had never stopped (the numpy toy model stands in for TensorFlow)."""
 import json
 
 import numpy as np
+import pytest
 from toy_model import ToyModel
 
 from daemon.core.events import Event
 from daemon.core.learner import OnlineLearner
-from daemon.core.learner_state import export_learner, import_learner
+from daemon.core.learner_state import (
+    export_learner,
+    export_partition,
+    import_learner,
+    import_partition,
+)
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
 
@@ -146,3 +152,33 @@ def test_round_trip_preserves_keys_queues_wait_order_and_counters():
 def test_empty_learner_round_trips():
     restored = _round_trip(_learner())
     assert restored.step == 0 and restored.keys_in_store() == 0
+
+
+def test_one_partition_moves_to_another_learner_and_continues_there_exactly():
+    # The toy model does not learn, so a key's state depends on its own events only: the
+    # partition's keys must end as in the uninterrupted run, whoever trained the rest.
+    events = _events()
+    cut = 41
+    straight = _learner()
+    _feed(straight, events)
+    straight.drain()
+    first = _learner()
+    _feed(first, events[:cut])
+    arrays, meta = export_partition(first, 1)
+    first.drop_partition(1)
+    assert 1 not in first.stores and all(ref[0] != 1 for ref in first.ready_keys())
+    second = _learner()
+    assert import_partition(second, arrays, json.loads(json.dumps(meta)), now=0.0) == 1
+    with pytest.raises(ValueError, match="already held"):
+        import_partition(second, arrays, meta, now=0.0)
+    for offset in range(cut, len(events)):
+        if offset % 2 == 1:
+            second.ingest(events[offset], 1, offset)
+    second.drain()
+    moved, reference = second.stores[1], straight.stores[1]
+    assert list(moved.row_of) == list(reference.row_of)
+    for key, row in reference.row_of.items():
+        np.testing.assert_array_equal(moved.states[moved.row_of[key]], reference.states[row])
+        np.testing.assert_array_equal(
+            moved.feature_stats.mean[moved.row_of[key]], reference.feature_stats.mean[row]
+        )
