@@ -27,7 +27,7 @@ import numpy as np
 
 from daemon.core.events import Event
 from daemon.core.learner import OnlineLearner
-from daemon.model.lstm import StatefulLSTM
+from daemon.model.lstm import build_model
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
 SECOND_EVENT_LAG = 40  # keys between a key's first and second event (> 32 slots: it is parked)
@@ -65,7 +65,7 @@ def main() -> int:
         model=ModelSettings(n_features=n_features, units=32, batch_size=32, window=16),
         stream=StreamSettings(max_keys=args.max_parked, max_batch_wait_ms=0),
     )
-    model = StatefulLSTM(settings.model)
+    model = build_model(settings)
     learner = OnlineLearner(settings, model)
     gc.collect()
     start_mb = rss_mb()

@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner_state import import_learner
-from daemon.model.lstm import StatefulLSTM
+from daemon.model.lstm import build_model
 from daemon.persist.checkpointing import Checkpointer
 from daemon.persist.snapshots import SnapshotStore
 from daemon.settings import ModelSettings, Settings, StreamSettings
@@ -89,7 +89,7 @@ def synthetic_state(settings: Settings, parked: int) -> tuple[dict, dict]:
 
 
 def parts(settings: Settings, directory: Path) -> tuple[OnlineLearner, Checkpointer]:
-    model = StatefulLSTM(settings.model)
+    model = build_model(settings)
     learner = OnlineLearner(settings, model)
     return learner, Checkpointer(SnapshotStore(directory, keep=2), learner, model, settings.model)
 

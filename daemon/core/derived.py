@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from daemon.settings import Settings
+
 MINUTE_S = 60.0
 HOUR_S = 3_600.0
 DAY_S = 86_400.0
@@ -282,3 +284,19 @@ class DerivedFeatures:
                     f"{array.shape[1:]}; was it saved with other derived-feature settings?"
                 )
             array[rows] = given
+
+
+def derived_for(settings: Settings, capacity: int) -> DerivedFeatures | None:
+    """Return the derived features the settings ask for, or None when they ask for none."""
+    stream = settings.stream
+    derived = DerivedFeatures(
+        stream.seasons_tuple(), stream.derived_calendar, settings.model.n_targets, capacity
+    )
+    return derived if derived.width else None
+
+
+def input_names(settings: Settings) -> list[str]:
+    """Return the names of the model's inputs: the event's features, then the derived ones."""
+    derived = derived_for(settings, 0)
+    raw = [f"feature[{i}]" for i in range(settings.model.n_features)]
+    return raw + ([] if derived is None else derived.names)

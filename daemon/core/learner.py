@@ -26,6 +26,7 @@ from daemon.core.batching import (
     split_chunks,
     train_segment,
 )
+from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.pending import (
     ANSWERED,
@@ -121,7 +122,8 @@ class OnlineLearner:
         self._layers, _, self.batch_size, self._units = model.state_shape
         self._infer_rows, self._infer_width = model.infer_shape
         self._window = settings.model.window
-        self.n_inputs = settings.model.n_features
+        self.input_names = input_names(settings)
+        self.n_inputs = len(self.input_names)
         self.n_targets = settings.model.n_targets
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self.stores: dict[int, KeyStateStore] = {}
@@ -157,10 +159,19 @@ class OnlineLearner:
         store = self.stores.get(partition)
         if store is None:
             store = KeyStateStore(
-                partition, self._layers, self._units, self.n_inputs, self.n_targets
+                partition,
+                self._layers,
+                self._units,
+                self.n_inputs,
+                self.n_targets,
+                derived=self.new_derived(),
             )
             self.stores[partition] = store
         return store
+
+    def new_derived(self) -> DerivedFeatures | None:
+        """Return empty derived-feature columns for a new store (None when none are derived)."""
+        return derived_for(self._settings, 0)
 
     def keys_in_store(self) -> int:
         """Return how many keys all stores hold."""
@@ -224,7 +235,8 @@ class OnlineLearner:
     ) -> None:
         row = ref[1]
         events = store.events
-        x, location, spread = self._scale_features(store, row, event.features)
+        features = self._with_derived(store, row, event)
+        x, location, spread = self._scale_features(store, row, features)
         ti = self._target_index
         previous = int(store.tail[row])
         if previous != NO_EVENT and not events.flags[previous] & HAS_Y and not starts_sequence:
@@ -273,6 +285,24 @@ class OnlineLearner:
             self._ready[ref] = None
         if count == self._window:
             self._full[ref] = None
+
+    def _with_derived(self, store: KeyStateStore, row: int, event: Event) -> np.ndarray:
+        """Return the event's features followed by the key's derived features (DESIGN §3).
+
+        Forecast mode: the key's history takes this event's value first, since the forecast is
+        for the value after it. Supervised: the features describe this event's own target,
+        whose value joins the history only after.
+        """
+        derived = store.derived
+        if derived is None:
+            return event.features
+        if event.target is None:
+            derived.observe(row, event.ts, event.features[self._target_index])
+            extra = derived.derive(row)
+        else:
+            extra = derived.derive(row, event.ts - derived.cadence(row))
+            derived.observe(row, event.ts, event.target)
+        return np.concatenate((event.features, extra))
 
     def _scale_features(
         self, store: KeyStateStore, row: int, features: np.ndarray

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.core.derived import DerivedFeatures
 from daemon.core.learner import KeyRef, OnlineLearner
 from daemon.core.pending import HAS_Y, NO_EVENT
 from daemon.core.store import KeyStateStore
@@ -49,6 +50,8 @@ def export_store(store: KeyStateStore, ranks: dict[str, dict[int, int]]) -> tupl
     for prefix, attribute in _STATS.items():
         count, mean, m2 = getattr(store, attribute).to_arrays(rows)
         arrays.update({f"{prefix}_count": count, f"{prefix}_mean": mean, f"{prefix}_m2": m2})
+    if store.derived is not None:
+        arrays.update({f"derived_{k}": v for k, v in store.derived.take(rows).items()})
     for name, rank in ranks.items():
         arrays[f"{name}_rank"] = np.array([rank.get(r, -1) for r in rows.tolist()], np.int64)
     owners: list[int] = []
@@ -74,8 +77,13 @@ def import_store(
     n_inputs: int,
     n_targets: int,
     now: float,
+    derived: DerivedFeatures | None = None,
 ) -> tuple[KeyStateStore, dict[str, list[tuple[int, int]]]]:
     """Rebuild a store from `export_store`'s output.
+
+    Args:
+        derived: empty derived-feature columns when the settings derive features (the saved
+            ones are loaded into them), else None.
 
     Returns:
         The store and, per wait list ("ready", "full"), [(position, row)] of its keys.
@@ -88,7 +96,9 @@ def import_store(
     capacity = 64
     while capacity < n:
         capacity *= 2
-    store = KeyStateStore(int(meta["partition"]), layers, units, n_inputs, n_targets, capacity)
+    store = KeyStateStore(
+        int(meta["partition"]), layers, units, n_inputs, n_targets, capacity, derived
+    )
     if arrays["states"].shape != (n, layers, 2, units):
         raise ValueError(f"states have shape {arrays['states'].shape}, expected {n} keys")
     for key in keys:
@@ -100,6 +110,9 @@ def import_store(
         getattr(store, attribute).put(
             rows, arrays[f"{prefix}_count"], arrays[f"{prefix}_mean"], arrays[f"{prefix}_m2"]
         )
+    if derived is not None:
+        saved = {k[len("derived_") :]: v for k, v in arrays.items() if k.startswith("derived_")}
+        derived.put(rows, saved)
     _import_events(store, arrays, n, now)
     waits = {}
     for name in ("ready", "full"):
@@ -173,7 +186,14 @@ def import_learner(
     layers, _, _, units = learner.state_shape
     for partition, (arrays, part_meta) in parts.items():
         store, store_waits = import_store(
-            arrays, part_meta, layers, units, learner.n_inputs, learner.n_targets, now
+            arrays,
+            part_meta,
+            layers,
+            units,
+            learner.n_inputs,
+            learner.n_targets,
+            now,
+            learner.new_derived(),
         )
         stores[partition] = store
         for name, entries in store_waits.items():
@@ -219,7 +239,7 @@ def import_partition(learner: OnlineLearner, arrays: Arrays, meta: dict, now: fl
         raise ValueError(f"partition {partition} is already held by this learner")
     layers, _, _, units = learner.state_shape
     store, waits = import_store(
-        arrays, meta, layers, units, learner.n_inputs, learner.n_targets, now
+        arrays, meta, layers, units, learner.n_inputs, learner.n_targets, now, learner.new_derived()
     )
     learner.adopt(
         {partition: store},

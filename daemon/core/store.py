@@ -14,6 +14,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from daemon.core.derived import DerivedFeatures
 from daemon.core.pending import ANSWERED, HAS_Y, NO_EVENT, PendingEvents
 from daemon.core.scaling import StatsColumns
 
@@ -57,8 +58,10 @@ class KeyStateStore:
         n_inputs: int,
         n_targets: int,
         capacity: int = _INITIAL_ROWS,
+        derived: DerivedFeatures | None = None,
     ) -> None:
         self.partition = partition
+        self.derived = derived  # the keys' calendar and lag history; None when off
         self.layers, self.units = layers, units
         self.n_inputs, self.n_targets = n_inputs, n_targets
         self.row_of: dict[str, int] = {}
@@ -105,6 +108,8 @@ class KeyStateStore:
         self.trainable: np.ndarray
         for stats in (self.feature_stats, self.target_stats, self.step_stats):
             stats.grow(capacity)
+        if self.derived is not None:
+            self.derived.grow(capacity)
         self.keys.extend([None] * (capacity - old))
         self._free_rows.extend(range(capacity - 1, old - 1, -1))
         self.capacity = capacity
@@ -132,6 +137,8 @@ class KeyStateStore:
         self.pending[row] = self.trainable[row] = 0
         for stats in (self.feature_stats, self.target_stats, self.step_stats):
             stats.clear(row)
+        if self.derived is not None:
+            self.derived.clear_row(row)
 
     def remove(self, row: int) -> list[int]:
         """Forget a key; return its pending events (still allocated: the caller releases them)."""

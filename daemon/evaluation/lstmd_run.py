@@ -111,10 +111,10 @@ def lstmd_forecasts(
         from daemon.model.environment import configure_tensorflow
 
         configure_tensorflow()
-        from daemon.model.lstm import StatefulLSTM
+        from daemon.model.lstm import build_model
 
         def model_factory(s: Settings) -> Any:
-            return StatefulLSTM(s.model)
+            return build_model(s)
 
     built = time.perf_counter()
     learner = OnlineLearner(settings, model_factory(settings))

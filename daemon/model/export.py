@@ -42,7 +42,9 @@ def export_snapshot(directory: Path, snapshot_id: str, out: Path) -> str:
     configure_tensorflow()
     from daemon.model.lstm import StatefulLSTM
 
-    model = StatefulLSTM(ModelSettings(**info.manifest["model"]))
+    shape = dict(info.manifest["model"])
+    inputs = shape.pop("inputs", None)  # the event's and the derived features, by name
+    model = StatefulLSTM(ModelSettings(**shape), n_inputs=len(inputs) if inputs else None)
     model.load_weights(info.path / WEIGHTS)
     model.export(out)
     return info.snapshot_id

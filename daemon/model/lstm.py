@@ -18,7 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from daemon.settings import ModelSettings
+from daemon.core.derived import input_names
+from daemon.settings import ModelSettings, Settings
 
 H, C = 0, 1  # Index of h and c on axis 1 of the states array.
 
@@ -35,7 +36,7 @@ def _seeded(seed: int, offset: int) -> dict[str, keras.initializers.Initializer]
     }
 
 
-def build_keras_model(settings: ModelSettings) -> keras.Model:
+def build_keras_model(settings: ModelSettings, n_inputs: int | None = None) -> keras.Model:
     """Build the functional model: `[x, mask, h_1, c_1, ...] -> [preds, h_1, c_1, ...]`.
 
     Batch and time are left open so the same weights serve the train window and the longer
@@ -43,8 +44,9 @@ def build_keras_model(settings: ModelSettings) -> keras.Model:
 
     Args:
         settings: the model section of the settings.
+        n_inputs: input features per timestep; `settings.n_features` when not given.
     """
-    x = keras.Input(shape=(None, settings.n_features), name="x")
+    x = keras.Input(shape=(None, n_inputs or settings.n_features), name="x")
     mask = keras.Input(shape=(None,), dtype="bool", name="mask")
     initial: list[keras.KerasTensor] = []
     final: list[keras.KerasTensor] = []
@@ -141,19 +143,22 @@ class StatefulLSTM:
         infer_traces: how many times the inference step was traced (should stay 1).
     """
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, n_inputs: int | None = None) -> None:
         """Build the model, the optimizer and both compiled steps.
 
         Args:
             settings: the model section of the settings.
+            n_inputs: input features per timestep (the event's and the derived ones);
+                `settings.n_features` when not given.
         """
         self.settings = settings
+        self.n_inputs = n_inputs or settings.n_features
         if settings.deterministic:
             # Same inputs, same weights: the crash-recovery guarantee is checked bit for bit.
             tf.config.experimental.enable_op_determinism()
         self.train_traces = 0
         self.infer_traces = 0
-        self.keras_model = build_keras_model(settings)
+        self.keras_model = build_keras_model(settings, self.n_inputs)
         self.optimizer = keras.optimizers.Adam(
             learning_rate=settings.learning_rate, clipnorm=settings.clipnorm
         )
@@ -168,7 +173,7 @@ class StatefulLSTM:
     def _compile(self, body, rows: int, steps: int, with_targets: bool = False) -> _CompiledStep:
         """Wrap `body` in a tf.function with a fixed signature and trace it now."""
         s = self.settings
-        spec = [tf.TensorSpec((rows, steps, s.n_features), tf.float32, name="x")]
+        spec = [tf.TensorSpec((rows, steps, self.n_inputs), tf.float32, name="x")]
         if with_targets:
             spec.append(tf.TensorSpec((rows, steps, s.n_targets), tf.float32, name="y"))
         spec += [
@@ -314,3 +319,8 @@ class StatefulLSTM:
             path: the file to write; must end in `.keras`.
         """
         self.keras_model.save(Path(path))
+
+
+def build_model(settings: Settings) -> StatefulLSTM:
+    """Build the daemon's model: inputs are the event's features and the derived ones."""
+    return StatefulLSTM(settings.model, n_inputs=len(input_names(settings)))

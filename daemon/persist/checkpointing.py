@@ -71,7 +71,9 @@ class Checkpointer:
         self.store = store
         self._learner = learner
         self._model = model
-        self._shape = model_settings.shape()
+        # The model's inputs include the derived features: other derived-feature settings make
+        # a snapshot as unusable as another model shape.
+        self._shape = {**model_settings.shape(), "inputs": learner.input_names}
 
     def save(self, offsets: dict[int, int]) -> SnapshotInfo:
         """Write one snapshot of the current state, reflecting `offsets` (partition → next)."""

@@ -166,9 +166,9 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
 
 def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:
     configure_tensorflow()
-    from daemon.model.lstm import StatefulLSTM  # TensorFlow loads only when a daemon is built
+    from daemon.model.lstm import build_model  # TensorFlow loads only when a daemon is built
 
-    model = StatefulLSTM(settings.model)
+    model = build_model(settings)
     learner = OnlineLearner(settings, model)
     snapshot = settings.snapshot
     store = SnapshotStore(snapshot.directory, snapshot.keep, snapshot.pause_before_rename_s)

@@ -6,6 +6,8 @@ engine tests run in milliseconds without TensorFlow. It does not learn.
 
 import numpy as np
 
+from daemon.core.derived import input_names
+
 
 class ToyModel:
     def __init__(
@@ -24,6 +26,11 @@ class ToyModel:
     @property
     def state_shape(self):
         return self.shape
+
+    @classmethod
+    def for_settings(cls, settings, **kwargs):
+        """Build one whose inputs are the settings' features and derived features."""
+        return cls(settings.model.batch_size, len(input_names(settings)), **kwargs)
 
     @property
     def infer_shape(self):

@@ -26,7 +26,7 @@ def _settings(batch_size=4, window=3, n_features=2, **stream):
 
 
 def _learner(settings):
-    model = ToyModel(settings.model.batch_size, settings.model.n_features)
+    model = ToyModel.for_settings(settings)
     return OnlineLearner(settings, model, clock=lambda: 0.0), model
 
 
@@ -136,7 +136,7 @@ def test_a_hot_key_does_not_wait_for_cold_ones_without_bound():
 
 def test_forecasts_of_a_poll_take_one_inference_call_per_chunk_depth():
     settings = _settings(batch_size=2, window=50)
-    model = ToyModel(2, 2, infer_shape=(64, 4))
+    model = ToyModel.for_settings(settings, infer_shape=(64, 4))
     learner = OnlineLearner(settings, model, clock=lambda: 0.0)
     keys = [f"k{i}" for i in range(40)]
     for offset, event in enumerate(_stream(keys, days=6)):  # 6 events per key: 2 chunks of 4
@@ -147,13 +147,15 @@ def test_forecasts_of_a_poll_take_one_inference_call_per_chunk_depth():
 
 
 def test_reset_flag_starts_a_new_sequence_from_zero_state():
-    # Normalisation statistics outlive a reset (they describe the key, not the sequence).
-    learner, _ = _learner(_settings(batch_size=1, window=4, normalise=False))
+    # Statistics and the derived features' history outlive a reset (they describe the key, not
+    # the sequence): only the LSTM state is compared, so neither may differ here.
+    plain = {"normalise": False, "seasons": (), "derived_calendar": False}
+    learner, _ = _learner(_settings(batch_size=1, window=4, **plain))
     events = [_event("a", d, d) for d in range(3)] + [_event("a", 3, 0.5, reset=True)]
     events += [_event("a", d, d) for d in range(4, 9)]
     _feed(learner, events)
     assert learner.resets["event_flag"] == 1
-    fresh, _ = _learner(_settings(batch_size=1, window=4, normalise=False))
+    fresh, _ = _learner(_settings(batch_size=1, window=4, **plain))
     _feed(fresh, [_event("a", 3, 0.5)] + [_event("a", d, d) for d in range(4, 9)])
     np.testing.assert_allclose(learner.key_state("a"), fresh.key_state("a"), atol=1e-6)
 
@@ -195,7 +197,7 @@ def test_prequential_scores_model_and_naive_on_the_same_events():
 def test_wall_clock_close_trains_after_max_batch_wait():
     now = [0.0]
     settings = _settings(window=10, max_batch_wait_ms=100)
-    model = ToyModel(settings.model.batch_size, settings.model.n_features)
+    model = ToyModel.for_settings(settings)
     learner = OnlineLearner(settings, model, clock=lambda: now[0])
     learner.ingest(_event("a", 0, 1, target=1), 0, 0)
     learner.end_of_poll()

@@ -27,7 +27,7 @@ def _settings():
 
 def _learner():
     settings = _settings()
-    return OnlineLearner(settings, ToyModel(3, 2), clock=lambda: 0.0)
+    return OnlineLearner(settings, ToyModel.for_settings(settings), clock=lambda: 0.0)
 
 
 def _events():

@@ -26,7 +26,7 @@ def _write_csv(path, days=60):
 
 
 def _toy(settings):
-    return ToyModel(settings.model.batch_size, settings.model.n_features)
+    return ToyModel.for_settings(settings)
 
 
 def test_a_csv_is_evaluated_with_a_detected_season_and_every_model_on_the_same_pairs(tmp_path):

@@ -29,7 +29,7 @@ def test_lstmd_path_forecasts_every_event_and_agrees_with_the_learners_own_score
         settings,
         _messages(keys, values),
         poll_events=7,
-        model_factory=lambda s: ToyModel(s.model.batch_size, s.model.n_features),
+        model_factory=lambda s: ToyModel.for_settings(s),
     )
     assert run.forecasts.shape == (len(keys), 1)
     assert np.isfinite(run.forecasts).all()  # one published forecast per event, the last too

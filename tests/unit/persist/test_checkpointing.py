@@ -10,7 +10,7 @@ import numpy as np
 from daemon.core.events import Event
 from daemon.core.learner import OnlineLearner
 from daemon.model.export import export_snapshot
-from daemon.model.lstm import StatefulLSTM
+from daemon.model.lstm import build_model
 from daemon.persist.checkpointing import Checkpointer
 from daemon.persist.snapshots import SnapshotStore
 from daemon.settings import ModelSettings, Settings, StreamSettings
@@ -27,7 +27,7 @@ def _settings():
 
 def _parts(directory):
     settings = _settings()
-    model = StatefulLSTM(settings.model)
+    model = build_model(settings)
     learner = OnlineLearner(settings, model, clock=lambda: 0.0)
     return (
         model,
@@ -89,7 +89,7 @@ def test_export_loads_with_plain_keras_and_predicts_like_the_daemon(tmp_path):
 
     loaded = keras.saving.load_model(out)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 4, 2)).astype(np.float32)
+    x = rng.normal(size=(3, 4, model.n_inputs)).astype(np.float32)
     mask = np.ones((3, 4), bool)
     mask[1, 2:] = False
     states = rng.normal(size=model.state_shape).astype(np.float32)

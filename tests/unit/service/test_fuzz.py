@@ -106,7 +106,7 @@ def test_the_loop_answers_every_message_exactly_once(values, batch):
         model=ModelSettings(n_features=F, batch_size=3, window=2),
         stream=StreamSettings(max_batch_wait_ms=0, max_keys=2, reset_after_idle_s=30),
     )
-    learner = OnlineLearner(config, ToyModel(3, F))
+    learner = OnlineLearner(config, ToyModel.for_settings(config))
     source, publisher = FakeSource(values, batch=batch), FakePublisher()
     runner = Runner(
         config,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from daemon.core.events import Event, decode_event
 from daemon.core.learner import OnlineLearner
-from daemon.model.lstm import StatefulLSTM
+from daemon.model.lstm import build_model
 from daemon.persist.snapshots import SnapshotInfo
 from daemon.service.health import Health
 from daemon.service.metrics import DaemonMetrics
@@ -119,7 +119,7 @@ class _Checkpointer:
 
 @pytest.fixture(scope="module")
 def model():
-    built = StatefulLSTM(CONFIG.model)
+    built = build_model(CONFIG)
     initial = built.get_weights(), built.optimizer_state()
     yield built, initial
     print(f"\ndistinct byte patterns tried: {len(PATTERNS)}", file=sys.stderr)

@@ -13,7 +13,7 @@ from fakes import TOPIC, FakePublisher, FakeSource
 
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner import OnlineLearner as _Learner  # noqa: F401  (patched per test)
-from daemon.model.lstm import StatefulLSTM
+from daemon.model.lstm import build_model
 from daemon.persist.checkpointing import Checkpointer
 from daemon.persist.snapshots import SnapshotStore
 from daemon.service.health import Health
@@ -48,7 +48,7 @@ class Harness:
             stream=stream or StreamSettings(max_batch_wait_ms=0),
             snapshot=SnapshotSettings(directory=tmp_path / "snaps", **snapshot),
         )
-        self.model = StatefulLSTM(self.settings.model)
+        self.model = build_model(self.settings)
         self.learner = OnlineLearner(self.settings, self.model)
         self.store = SnapshotStore(self.settings.snapshot.directory, keep=3)
         self.checkpointer = Checkpointer(self.store, self.learner, self.model, self.settings.model)
