@@ -668,7 +668,7 @@ class OnlineLearner:
             self._full[ref] = None
         for partition, store in stores.items():
             flags = store.events.flags
-            if not np.any((flags & FORECAST_MODE) & ~flags & ANSWERED):
+            if not np.any(((flags & FORECAST_MODE) != 0) & ((flags & ANSWERED) == 0)):
                 continue  # the usual case: a snapshot is taken after answering every forecast
             for row in store.live_rows().tolist():
                 waiting = [
