@@ -165,6 +165,7 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     ensure_topics(options, [topic])
     progress = Progress(len(messages), f"produce {args.csv.name}")
     count = produce_values(options, topic, messages, on_progress=progress.update)
+    progress.update(count)  # progress calls come every 1000 records; the rest arrive here
     progress.close()
     print(f"sent {count:,} events to {topic} at {bootstrap}")
     return EXIT_OK

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from enum import StrEnum
 from typing import Any
 
@@ -74,11 +74,19 @@ def _reject_constant(token: str) -> float:
     raise _Reject(Reason.NON_FINITE, f"non-finite literal {token}")
 
 
-def parse_ts(value: object) -> float:
+def parse_ts(value: object, naive_tz: tzinfo | None = None) -> float:
     """Return event time as epoch seconds from a number or an RFC 3339 string.
 
+    The one parser of event times: the daemon's decoder and CSV replay both use it. RFC 3339's
+    lower-case "t" and "z" are accepted. It raises only ValueError, whatever it is given.
+
+    Args:
+        value: A JSON number (not a boolean), or a time string.
+        naive_tz: The zone of a string without an offset (a date alone means its midnight);
+            None (the daemon's rule) refuses such a string, as RFC 3339 requires the offset.
+
     Raises:
-        ValueError: the value is neither, or is not finite.
+        ValueError: the value is neither, lacks an offset, or is not finite.
     """
     if isinstance(value, bool):
         raise ValueError("ts must be a number or an RFC 3339 string, not a boolean")
@@ -88,21 +96,28 @@ def parse_ts(value: object) -> float:
         except OverflowError:  # a JSON integer of hundreds of digits
             raise ValueError("ts is too large to be a time") from None
     elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"ts {value[:40]!r} is not RFC 3339") from None
-        if parsed.tzinfo is None:
-            raise ValueError(f"ts {value[:40]!r} has no time zone offset")
-        try:
-            ts = parsed.timestamp()
-        except (OverflowError, ValueError):  # year 1 or 9999 pushed past the range by its offset
-            raise ValueError(f"ts {value[:40]!r} is out of range") from None
+        ts = _parse_time_string(value, naive_tz)
     else:
         raise ValueError(f"ts must be a number or an RFC 3339 string, not {type(value).__name__}")
     if not math.isfinite(ts):
         raise ValueError("ts is not finite")
     return ts
+
+
+def _parse_time_string(value: str, naive_tz: tzinfo | None) -> float:
+    try:
+        # fromisoformat wants the upper-case "T" and "Z" that RFC 3339 only recommends.
+        parsed = datetime.fromisoformat(value.strip().upper())
+    except ValueError:
+        raise ValueError(f"ts {value[:40]!r} is not RFC 3339") from None
+    if parsed.tzinfo is None:
+        if naive_tz is None:
+            raise ValueError(f"ts {value[:40]!r} has no time zone offset")
+        parsed = parsed.replace(tzinfo=naive_tz)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError):  # year 1 or 9999 pushed past the range by its offset
+        raise ValueError(f"ts {value[:40]!r} is out of range") from None
 
 
 def _vector(value: object, size: int, field: str, shape_reason: Reason) -> np.ndarray:

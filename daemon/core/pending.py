@@ -49,7 +49,7 @@ class PendingEvents:
             "next": ((), np.int64),
         }
         for name, (tail, dtype) in shapes.items():
-            grown = np.zeros((capacity, *tail), dtype=dtype)
+            grown: np.ndarray = np.zeros((capacity, *tail), dtype=dtype)
             if old:
                 grown[:old] = getattr(self, name)
             setattr(self, name, grown)

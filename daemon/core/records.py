@@ -16,7 +16,7 @@ def _floats(values: Any) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
-def encode_prediction(prediction: Prediction, topic: str, snapshot_id: str | None) -> bytes:
+def encode_prediction(prediction: Prediction, topic: str) -> bytes:
     """Serialise one prediction as the predictions topic's JSON (DESIGN §7)."""
     record = {
         "key": prediction.key,
@@ -28,7 +28,6 @@ def encode_prediction(prediction: Prediction, topic: str, snapshot_id: str | Non
         "prediction": _floats(prediction.prediction),
         "target": None if prediction.target is None else _floats(prediction.target),
         "model_step": prediction.step,
-        "snapshot_id": snapshot_id,
     }
     return orjson.dumps(record)
 

@@ -92,7 +92,7 @@ class KeyStateStore:
             "trainable": ((), np.int32, 0),  # leading events whose target is known
         }
         for name, (tail, dtype, fill) in columns.items():
-            grown = np.full((capacity, *tail), fill, dtype=dtype)
+            grown: np.ndarray = np.full((capacity, *tail), fill, dtype=dtype)
             if old:
                 grown[:old] = getattr(self, name)
             setattr(self, name, grown)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from daemon.core.derived import seasons_for_cadence
-from daemon.tools.datasets import load_birthdays
+from daemon.tools.datasets import Message, load_birthdays
 from daemon.tools.replay import csv_messages
 
 # fpp2's elecdemand is 2014 in Victoria, half-hourly, starting at local midnight (AEST, UTC+10).
@@ -60,7 +60,7 @@ class EvalDataset:
     feature_names: tuple[str, ...]
     target_index: tuple[int, ...]
     keys: tuple[str, ...]
-    messages: list[tuple[bytes | None, bytes]]
+    messages: list[Message]
     season: int
     season_label: str
     raw_features: int = 0
@@ -73,7 +73,7 @@ class EvalDataset:
         """Return the number of raw (not hand-built) leading features."""
         return self.raw_features or self.n_features()
 
-    def raw_messages(self) -> list[tuple[bytes | None, bytes]]:
+    def raw_messages(self) -> list[Message]:
         """Return the messages with only the raw features (the same list when all are raw)."""
         raw = self.n_raw()
         if raw == self.n_features():
@@ -144,7 +144,7 @@ def load_elecdemand(limit: int | None = None) -> EvalDataset:
 
 def elecdemand_messages(
     demand: np.ndarray, temperature: np.ndarray, workday: np.ndarray
-) -> list[tuple[bytes, bytes]]:
+) -> list[Message]:
     """Build the JSON events of a half-hourly series that starts at midnight.
 
     The last half hour has no next row in the table; its next work day flag repeats its own (the
@@ -154,7 +154,7 @@ def elecdemand_messages(
     next_workday = np.append(workday[1:], workday[-1:]) if n else workday
     slot = (np.arange(n) + 1) % _HALF_HOURS_PER_DAY
     angle = 2.0 * np.pi * slot / _HALF_HOURS_PER_DAY
-    messages = []
+    messages: list[Message] = []
     for i in range(n):
         event = {
             "key": "VIC",
@@ -171,13 +171,13 @@ def elecdemand_messages(
     return messages
 
 
-def _frame_messages(keys: Any, ts: np.ndarray, features: np.ndarray) -> list[tuple[bytes, bytes]]:
+def _frame_messages(keys: Any, ts: np.ndarray, features: np.ndarray) -> list[Message]:
     """Build forecast-mode events from per-row keys, epoch seconds and feature rows.
 
     Rows are sorted by time (stable, so keys of one instant keep their order).
     """
     order = np.argsort(ts, kind="stable")
-    messages = []
+    messages: list[Message] = []
     for i in order:
         key = str(keys[i])
         event = {"key": key, "ts": float(ts[i]), "features": [float(v) for v in features[i]]}

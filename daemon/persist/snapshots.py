@@ -29,6 +29,8 @@ _TMP_PREFIX = ".tmp-"
 
 # Writes a file at the path it is given.
 FileWriter = Callable[[Path], None]
+# (snapshot id, why it was skipped) for each damaged snapshot passed over.
+Skipped = list[tuple[str, str]]
 
 
 class SnapshotError(Exception):
@@ -104,7 +106,7 @@ class SnapshotStore:
         tmp = self.directory / f"{_TMP_PREFIX}{snapshot_id}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        files = {}
+        files: dict[str, dict[str, Any]] = {}
         for name, writer in writers.items():
             path = tmp / name
             writer(path)
@@ -195,7 +197,7 @@ class SnapshotStore:
         """Return every snapshot, oldest first, each verified."""
         return [self.inspect(path) for path in self._directories()]
 
-    def newest_valid(self, model_shape: Mapping[str, Any]) -> tuple[SnapshotInfo | None, list]:
+    def newest_valid(self, model_shape: Mapping[str, Any]) -> tuple[SnapshotInfo | None, Skipped]:
         """Find the newest snapshot that verifies.
 
         Returns:
@@ -205,13 +207,13 @@ class SnapshotStore:
         Raises:
             ShapeMismatch: the newest valid snapshot was made with other model-shape settings.
         """
-        skipped: list[tuple[str, str]] = []
+        skipped: Skipped = []
         for info in self.candidates(model_shape, skipped):
             return info, skipped
         return None, skipped
 
     def candidates(
-        self, model_shape: Mapping[str, Any], skipped: list[tuple[str, str]]
+        self, model_shape: Mapping[str, Any], skipped: Skipped
     ) -> Iterator[SnapshotInfo]:
         """Yield the snapshots that verify, newest first; log and add damaged ones to `skipped`.
 
@@ -238,7 +240,7 @@ class SnapshotStore:
             yield info
 
     @staticmethod
-    def skip(skipped: list, snapshot_id: str, problem: str) -> None:
+    def skip(skipped: Skipped, snapshot_id: str, problem: str) -> None:
         """Record and log a snapshot that cannot be used."""
         log.warning(
             "snapshot damaged, skipped", extra={"snapshot": snapshot_id, "problem": problem}

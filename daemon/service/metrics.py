@@ -266,7 +266,7 @@ class DaemonMetrics:
         self.model_info = Info(
             "lstmd_model", "Shape of the model being trained (constant per run).", registry=r
         )
-        # process_start_time_seconds and resident memory: parked states grow with the key count,
+        # process_start_time_seconds and resident memory: the key stores grow with the key count,
         # and the snapshot-age alert needs the start time. Standard names, hence no lstmd_ prefix.
         ProcessCollector(registry=r)
 

@@ -345,7 +345,7 @@ class Runner:
         source = SourceRecord(self._kafka.input_topic, prediction.partition, prediction.offset)
         try:
             key = prediction.key.encode("utf-8")
-            value = encode_prediction(prediction, self._kafka.input_topic, snapshot_id=None)
+            value = encode_prediction(prediction, self._kafka.input_topic)
         except Exception as exc:  # a bug in encoding one record must not stop every commit
             self._dead_letter(source, self._internal_error(source, exc))
             return 0

@@ -59,7 +59,7 @@ class DemoDataset:
     feature_names: tuple[str, ...]
     target_index: tuple[int, ...]
     keys: tuple[str, ...]
-    messages: list[tuple[bytes, bytes]]
+    messages: list[Message]
 
     def n_features(self) -> int:
         """Return the number of features per event."""
@@ -116,9 +116,7 @@ def _clean_birthdays() -> Any:
     return frame.sort_values(["day_s", "state"], kind="stable").reset_index(drop=True)
 
 
-def _birthday_messages(
-    states: np.ndarray, day_s: np.ndarray, births: np.ndarray
-) -> list[tuple[bytes, bytes]]:
+def _birthday_messages(states: np.ndarray, day_s: np.ndarray, births: np.ndarray) -> list[Message]:
     """Build the JSON messages; the calendar part is rendered once per distinct day."""
     days, day_codes = np.unique(day_s, return_inverse=True)
     calendars = _calendar_json(days)
@@ -190,7 +188,7 @@ def naive_last_value_mae(dataset: DemoDataset) -> float:
 
 
 def inject_bad_events(
-    messages: list[tuple[bytes, bytes]], count: int, seed: int = 0
+    messages: list[Message], count: int, seed: int = 0
 ) -> tuple[list[Message], int]:
     """Insert deliberately bad events, to show that the daemon dead-letters them and carries on.
 
@@ -234,7 +232,7 @@ def inject_bad_events(
     return result, count
 
 
-def _bad_event(kind: str, messages: list[tuple[bytes, bytes]], position: int) -> Message:
+def _bad_event(kind: str, messages: list[Message], position: int) -> Message:
     """Build one bad event of class `kind` for insertion after message `position - 1`."""
     kafka_key, event = _template(messages, position - 1)
     features = list(event["features"])
@@ -256,7 +254,7 @@ def _bad_event(kind: str, messages: list[tuple[bytes, bytes]], position: int) ->
     return kafka_key, json.dumps(event, separators=(",", ":")).encode()
 
 
-def _template(messages: list[tuple[bytes, bytes]], index: int) -> tuple[bytes, dict[str, Any]]:
+def _template(messages: list[Message], index: int) -> tuple[bytes | None, dict[str, Any]]:
     """Return the nearest valid event at or before `index` (else after it), parsed."""
     for candidate in [*range(index, -1, -1), *range(index + 1, len(messages))]:
         event = _parse(messages[candidate][1])
@@ -265,7 +263,7 @@ def _template(messages: list[tuple[bytes, bytes]], index: int) -> tuple[bytes, d
     raise ValueError("no valid event to derive bad events from")
 
 
-def _first_repeat(messages: list[tuple[bytes, bytes]]) -> int:
+def _first_repeat(messages: list[Message]) -> int:
     """Return the index of the first event whose key already had an event at a smaller ts."""
     first_ts: dict[str, object] = {}
     for index, (_, value) in enumerate(messages):
@@ -279,7 +277,7 @@ def _first_repeat(messages: list[tuple[bytes, bytes]]) -> int:
     raise ValueError("no key has events at two different times; cannot go back in time")
 
 
-def _back_in_time(messages: list[tuple[bytes, bytes]], position: int) -> Message:
+def _back_in_time(messages: list[Message], position: int) -> Message:
     """Copy an earlier event of a key, altered, to follow a later event of that key.
 
     The later event is the last one before `position` whose key has an earlier event, so the
@@ -295,9 +293,7 @@ def _back_in_time(messages: list[tuple[bytes, bytes]], position: int) -> Message
     raise ValueError(f"no key has two events at different times before message {position}")
 
 
-def _earlier_event(
-    messages: list[tuple[bytes, bytes]], later: int, key: str, ts: object
-) -> int | None:
+def _earlier_event(messages: list[Message], later: int, key: str, ts: object) -> int | None:
     """Return the index of the last event before `later` with `key` and a smaller ts, if any."""
     for index in range(later - 1, -1, -1):
         event = _parse(messages[index][1])
@@ -312,7 +308,7 @@ def _before(first: object, second: object) -> bool:
     return isinstance(first, numbers) and isinstance(second, numbers) and first < second
 
 
-def _altered(message: tuple[bytes, bytes]) -> Message:
+def _altered(message: Message) -> Message:
     """Return a copy of `message` with its first feature changed, so it is not a duplicate."""
     event = json.loads(message[1])
     first = event["features"][0]

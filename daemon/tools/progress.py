@@ -1,7 +1,8 @@
-"""Progress: a dependency-free progress display for long work (the demo, CSV replay).
+"""Progress of long work (the demo, CSV replay): rich's bar on a terminal, plain lines elsewhere.
 
-On a terminal it redraws one line in place; elsewhere (CI, log files) it prints a plain line
-every 10 % (or every 5 s without a total), so logs stay short and readable.
+On a terminal rich draws the bar (count, percent, rate, ETA). Elsewhere (CI, log files) a plain
+line is printed every 10 % (or every 5 s without a total), so logs stay short and readable. Both
+end with the same closing line, `label: N done in 12.3s (4,567/s)`, which the README quotes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,20 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-_BAR_WIDTH = 24
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+
+# A plain line per tenth of the work: 11 lines for a whole run, however long, in a CI log.
 _PLAIN_STEP = 0.10
+# Without a total there are no tenths; one line per 5 s keeps a slow job visibly alive.
 _PLAIN_INTERVAL_S = 5.0
 
 
@@ -38,9 +51,9 @@ class Progress:
         Args:
             total: How many items make up the work, or None when unknown.
             label: What is being done.
-            stream: Where to write; a TTY gets the redrawn line. None: sys.stderr as it is now,
-                not at import, so redirection (and pytest capture) applies.
-            min_interval_s: Least time between two redraws on a TTY.
+            stream: Where to write; a TTY gets rich's bar. None: sys.stderr as it is now, not
+                at import, so redirection (and pytest capture) applies.
+            min_interval_s: Least time between two redraws of the bar on a TTY.
             clock: Monotonic seconds; replaceable for tests.
         """
         self.total = total
@@ -48,14 +61,13 @@ class Progress:
         self._stream = sys.stderr if stream is None else stream
         self._min_interval_s = min_interval_s
         self._clock = clock
-        self._tty = _is_tty(self._stream)
         self._start = clock()
         self._last_draw = -float("inf")
         self._last_plain = self._start
         self._plain_step = 0
-        self._width = 0
         self._done = 0
         self._closed = False
+        self._bar = _rich_bar(self._stream, total, label, clock) if _is_tty(self._stream) else None
 
     def update(self, done: int, **fields: object) -> None:
         """Record that `done` items (an absolute count) are finished, and maybe show it.
@@ -68,12 +80,21 @@ class Progress:
             return
         self._done = done
         now = self._clock()
-        if self._tty:
+        if self._bar is not None:
+            # Drawn on our clock, not rich's refresh thread: one redraw per interval at most,
+            # and a run with a fake clock draws the same every time. Telling rich only when
+            # drawing keeps an update at 0.3 µs (4 µs when rich hears of every one).
             if now - self._last_draw >= self._min_interval_s:
                 self._last_draw = now
-                self._redraw(self._tty_line(now, fields))
+                self._tell(self._bar, fields)
+                self._bar.refresh()
         elif self._plain_due(now):
             self._write(self._plain_line(now, fields) + "\n")
+
+    def _tell(self, bar: RichProgress, fields: dict[str, object]) -> None:
+        """Hand rich the count, our rate and the extra fields for its next drawing."""
+        rate = _rate(self._done, self._clock() - self._start)
+        bar.update(TaskID(0), completed=self._done, rate=rate, fields=_fields(fields))
 
     def close(self, **fields: object) -> None:
         """Show the final line: items done, rate and elapsed time; later calls do nothing.
@@ -84,16 +105,14 @@ class Progress:
         if self._closed:
             return
         self._closed = True
+        if self._bar is not None:
+            self._tell(self._bar, fields)  # rich draws it once more as it stops
+            self._bar.stop()  # transient: the bar is erased, the closing line replaces it
         elapsed = self._clock() - self._start
-        line = (
+        self._write(
             f"{self.label}: {self._done} done in {_duration(elapsed)} "
-            f"({_rate(self._done, elapsed)}/s){_fields(fields)}"
+            f"({_rate(self._done, elapsed)}/s){_fields(fields)}\n"
         )
-        if self._tty:
-            self._redraw(line)
-            self._write("\n")
-        else:
-            self._write(line + "\n")
 
     def __enter__(self) -> Progress:
         """Return self, so that `with Progress(...) as progress:` closes it at the end."""
@@ -110,25 +129,12 @@ class Progress:
                 return False
             self._last_plain = now
             return True
-        step = int(self._fraction() / _PLAIN_STEP + 1e-9)
+        fraction = min(max(self._done / self.total, 0.0), 1.0) if self.total else 1.0
+        step = int(fraction / _PLAIN_STEP + 1e-9)
         if step <= self._plain_step:
             return False
         self._plain_step = step
         return True
-
-    def _tty_line(self, now: float, fields: dict[str, object]) -> str:
-        """Render the redrawn line: bar, percent, count/total, rate, ETA, fields."""
-        elapsed = now - self._start
-        rate = _rate(self._done, elapsed)
-        if self.total is None:
-            return f"{self.label} {self._done} {rate}/s {_duration(elapsed)}{_fields(fields)}"
-        fraction = self._fraction()
-        filled = round(fraction * _BAR_WIDTH)
-        bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-        return (
-            f"{self.label} [{bar}] {fraction:4.0%} {self._done}/{self.total} {rate}/s "
-            f"ETA {self._eta(elapsed)}{_fields(fields)}"
-        )
 
     def _plain_line(self, now: float, fields: dict[str, object]) -> str:
         """Render a plain log line."""
@@ -138,34 +144,42 @@ class Progress:
             return (
                 f"{self.label}: {self._done} after {_duration(elapsed)} ({rate}/s){_fields(fields)}"
             )
-        return (
-            f"{self.label}: {self._done}/{self.total} ({self._fraction():.0%}) {rate}/s "
-            f"ETA {self._eta(elapsed)}{_fields(fields)}"
-        )
-
-    def _fraction(self) -> float:
-        """Return the finished fraction in [0, 1]; an empty job (total 0) counts as finished."""
-        if not self.total:
-            return 1.0
-        return min(max(self._done / self.total, 0.0), 1.0)
-
-    def _eta(self, elapsed: float) -> str:
-        """Estimate the time left from the average rate so far."""
-        if self.total is None or self._done <= 0:
-            return "?"
+        percent = f"{self._done / self.total:.0%}" if self.total else "100%"
         left = max(self.total - self._done, 0)
-        return _duration(elapsed / self._done * left)
-
-    def _redraw(self, line: str) -> None:
-        """Overwrite the current terminal line, blanking what a longer previous line left."""
-        padding = " " * max(self._width - len(line), 0)
-        self._width = len(line)
-        self._write("\r" + line + padding)
+        eta = _duration(elapsed / self._done * left) if self._done > 0 else "?"
+        return (
+            f"{self.label}: {self._done}/{self.total} ({percent}) {rate}/s "
+            f"ETA {eta}{_fields(fields)}"
+        )
 
     def _write(self, text: str) -> None:
         """Write and flush, so the display keeps up even when the stream is buffered."""
         self._stream.write(text)
         self._stream.flush()
+
+
+def _rich_bar(
+    stream: TextIO, total: int | None, label: str, clock: Callable[[], float]
+) -> RichProgress:
+    """Start a one-task rich bar on a terminal stream, redrawn only when told to."""
+    bar = RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}/s ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[fields]}"),
+        console=Console(file=stream, force_terminal=True),
+        auto_refresh=False,
+        transient=True,
+        get_time=clock,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    bar.add_task(label, total=total, fields="", rate="?")
+    bar.start()
+    return bar
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -1,6 +1,7 @@
 """Replay: turn a CSV file into time-ordered events for `lstmd produce --csv`.
 
-Stdlib only (no pandas), so replay works without the demo extra. Nothing is lost: a row that
+No pandas, so replay works without the demo extra; event times are read by the daemon's own
+`parse_ts`. Nothing is lost: a row that
 cannot become a valid event is still sent, carrying its raw cells, so that the daemon
 dead-letters it with a reason instead of the row silently vanishing here.
 """
@@ -12,8 +13,10 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
+
+from daemon.core.events import parse_ts
 
 # JSON-style numbers only: float() would also take "nan", "inf" and "1_000".
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -86,7 +89,7 @@ def _row_message(
     target_cols: Sequence[str],
 ) -> tuple[float | None, tuple[bytes | None, bytes]]:
     """Build one row's message; the ts is None when the row is bad and must sort last."""
-    ts = parse_ts(cells[ts_col])
+    ts = cell_ts(cells[ts_col])
     features = [_number_or_raw(cells[name]) for name in feature_cols]
     target = [_number_or_raw(cells[name]) for name in target_cols]
     event: dict[str, object] = {}
@@ -118,12 +121,15 @@ def _finite_number(cell: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def parse_ts(cell: str) -> float | None:
-    """Parse a ts cell to epoch seconds, or return None when it is not a time.
+def cell_ts(cell: str) -> float | None:
+    """Return a ts cell as epoch seconds, or None when it is not a time.
+
+    A CSV cell is always text: a number in it is epoch seconds; any other text goes to the
+    daemon's own `parse_ts`, except that a time without an offset, or a date alone (midnight),
+    is taken as UTC (a CSV export rarely carries offsets; the daemon itself refuses them).
 
     Args:
-        cell: Epoch seconds, or an RFC 3339 / ISO 8601 time; a time without an offset, and a
-            date alone (`YYYY-MM-DD`, meaning midnight), are taken as UTC.
+        cell: The ts cell as read from the file.
 
     Returns:
         Epoch seconds, or None.
@@ -131,14 +137,7 @@ def parse_ts(cell: str) -> float | None:
     number = _finite_number(cell)
     if number is not None:
         return number
-    # RFC 3339 allows a lower-case "t" and "z"; fromisoformat wants upper case.
-    text = cell.strip().upper()
-    if not text:
-        return None
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_ts(cell, naive_tz=UTC)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()

@@ -115,7 +115,7 @@ def test_each_good_event_gets_exactly_one_prediction_with_the_design_fields(daem
     good = set(range(len(daemon_run["messages"]))) - set(daemon_run["bad_at"])
     assert sorted(offsets) == sorted(good)
     for p in predictions:
-        assert set(p) >= {
+        assert set(p) == {
             "key",
             "ts",
             "source_partition",
@@ -124,7 +124,7 @@ def test_each_good_event_gets_exactly_one_prediction_with_the_design_fields(daem
             "prediction",
             "target",
             "model_step",
-            "snapshot_id",
+            "source_topic",
         }
         assert p["mode"] in ("forecast", "supervised")
         assert len(p["prediction"]) == 1 and p["prediction"][0] is not None

@@ -1,9 +1,13 @@
 """Decoding: every class of bad event gets its reason; good events come out exact."""
 
 import json
+import math
+from datetime import UTC, timedelta, timezone
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.core.events import Event, Reason, Rejection, decode_event, parse_ts
 
@@ -86,6 +90,43 @@ def test_parse_ts_accepts_numbers_and_rfc3339_with_offset():
     assert parse_ts("1970-01-01T01:00:00+01:00") == 0.0
     with pytest.raises(ValueError):
         parse_ts(float("nan"))
+
+
+def test_parse_ts_accepts_rfc3339_lower_case_t_and_z():
+    assert parse_ts("1970-01-01t00:00:10z") == 10.0
+
+
+@pytest.mark.parametrize("value", ["1970-01-02T00:00:00", "1970-01-02", True, "1700000000", None])
+def test_parse_ts_refuses_naive_times_booleans_and_numeric_strings(value):
+    with pytest.raises(ValueError):
+        parse_ts(value)
+
+
+def test_parse_ts_takes_naive_times_in_the_zone_given():
+    assert parse_ts("1970-01-02", naive_tz=UTC) == 86_400.0
+    assert parse_ts("1970-01-02T01:00:00", naive_tz=timezone(timedelta(hours=1))) == 86_400.0
+    # An explicit offset wins over the zone given for naive times.
+    assert parse_ts("1970-01-02T00:00:00Z", naive_tz=timezone(timedelta(hours=5))) == 86_400.0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(),
+        st.from_regex(r"[0-9tTzZ:+\-. ]{0,40}", fullmatch=True),
+        st.integers(),
+        st.floats(),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    ),
+    naive_utc=st.booleans(),
+)
+def test_parse_ts_returns_a_finite_time_or_raises_value_error(value, naive_utc):
+    try:
+        ts = parse_ts(value, naive_tz=UTC if naive_utc else None)
+    except ValueError:
+        return
+    assert math.isfinite(ts)
 
 
 BIG = "1" + "0" * 400  # a 401-digit JSON integer: no float can hold it

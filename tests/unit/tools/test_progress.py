@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from daemon.tools.progress import Progress
 
@@ -52,29 +53,32 @@ def test_plain_output_without_total_every_five_seconds() -> None:
     assert lines[-1] == "demo: 160 done in 20.0s (8.0/s)"
 
 
-def test_tty_redraws_one_line_at_most_every_interval() -> None:
+def test_tty_draws_rich_bar_at_most_every_interval_then_the_closing_line() -> None:
     stream, clock = FakeTty(), FakeClock()
     progress = Progress(100, "train", stream, min_interval_s=0.25, clock=clock)
     for done in range(1, 101):
         clock.now += 0.0625
         progress.update(done, loss=0.5)
-    progress.close()
+    progress.close(steps=3)
     text = stream.getvalue()
-    assert text.count("\n") == 1 and text.endswith("\n")
-    draws = text.split("\r")[1:]
-    assert len(draws) == 26  # 6.25 s at one draw per 0.25 s, plus the final line
-    assert "[" in draws[0] and "1/100" in draws[0] and "ETA" in draws[0] and "loss=0.5" in draws[0]
-    assert "97/100" in draws[-2]  # the last redraw; close() then writes the final line
-    assert draws[-1].startswith("train: 100 done in 6.2s (16.0/s)")
+    draws = re.findall(r"train \S.*?(\d+)/100", text)
+    # The first draw at start, one per 0.25 s over 6.25 s of updates, the last one at close.
+    assert len(draws) == 27
+    assert draws[0] == "0" and draws[1] == "1" and draws[-2] == "97" and draws[-1] == "100"
+    assert "ETA" in text and "loss=0.5" in text
+    assert text.endswith("train: 100 done in 6.2s (16.0/s) steps=3\n")
 
 
-def test_tty_pads_over_a_longer_previous_line() -> None:
+def test_tty_clears_the_line_before_every_redraw() -> None:
     stream, clock = FakeTty(), FakeClock()
     progress = Progress(10, "x", stream, min_interval_s=0, clock=clock)
     progress.update(1, note="a-long-field-value")
     progress.update(2)
-    first, second = stream.getvalue().split("\r")[1:]
-    assert len(second) == len(first)
+    progress.close()
+    redraws = stream.getvalue().split("\r")[1:]
+    assert len(redraws) >= 3
+    # Erase-line first, so a shorter line never leaves the end of a longer one behind.
+    assert all(redraw.startswith("\x1b[2K") or redraw.startswith("\x1b[1A") for redraw in redraws)
 
 
 def test_close_is_idempotent_and_context_manager_closes() -> None:

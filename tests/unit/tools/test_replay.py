@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.tools.replay import csv_messages, parse_ts
+from daemon.core.events import parse_ts
+from daemon.tools.replay import cell_ts, csv_messages
 
 JAN_1_2024 = 1704067200.0
 
@@ -119,5 +120,19 @@ def test_empty_file(tmp_path: Path) -> None:
         ("2024-13-01", None),
     ],
 )
-def test_parse_ts(cell: str, expected: float | None) -> None:
-    assert parse_ts(cell) == expected
+def test_cell_ts(cell: str, expected: float | None) -> None:
+    assert cell_ts(cell) == expected
+
+
+@pytest.mark.parametrize(
+    "cell", ["2024-01-01T00:00:00Z", "2024-01-01t00:00:00+01:00", "2024-06-30 12:00:00-07:00"]
+)
+def test_cell_ts_reads_offset_times_as_the_daemon_does(cell: str) -> None:
+    # A replayed row and the same time sent straight to the daemon land at the same instant.
+    assert cell_ts(cell) == parse_ts(cell)
+
+
+def test_cell_ts_takes_naive_times_as_utc_where_the_daemon_refuses_them() -> None:
+    assert cell_ts("2024-01-01T00:00:00") == JAN_1_2024
+    with pytest.raises(ValueError, match="no time zone offset"):
+        parse_ts("2024-01-01T00:00:00")
