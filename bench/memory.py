@@ -1,13 +1,15 @@
 """Memory with many keys: RSS while 1,000,000 distinct keys stream through the learner.
 
-Run: .venv/bin/python bench/memory.py [--keys 1000000] [--max-parked 100000] [--every 100000]
+Run: .venv/bin/python bench/memory.py [--keys 1000000] [--max-keys 1000000] [--units 16]
+     [--no-derived] [--every 100000]
 
-In-process, no broker: `OnlineLearner` + `StatefulLSTM` (B=32, T=16, 32 units, F=2, forecast
-mode), fed `Event`s directly the way the runner does: `ingest` per event, then `end_of_poll` and
-`take_outbox` every `--poll` events (predictions are dropped, as if published). Every key gets
-one event; every other key a second one 40 keys later (after it was parked, so it comes back
-from the parked store). RSS (VmRSS of /proc/self/status) is printed every `--every` events; with
-`stream.max_keys` reached it must stay flat.
+In-process, no broker: `OnlineLearner` + the real model (B=32, default T, `--units` units, one
+layer, F=2, forecast mode), fed `Event`s directly the way the runner does: `ingest` per event,
+then `end_of_poll` and `take_outbox` every `--poll` events (predictions are dropped, as if
+published). Every key gets one event; every other key a second one 40 keys later. Each key then
+sits idle in the store holding its newest event (waiting for a successor). RSS (VmRSS of
+/proc/self/status) is printed every `--every` events. With `--max-keys` at or above `--keys`,
+the end figure is the RSS per idle key; with a smaller cap the RSS must stay flat once reached.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from daemon.core.learner import OnlineLearner
 from daemon.model.lstm import build_model
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
-SECOND_EVENT_LAG = 40  # keys between a key's first and second event (> 32 slots: it is parked)
+SECOND_EVENT_LAG = 40  # keys between a key's first and second event
 
 
 def rss_mb() -> float:
@@ -56,24 +58,27 @@ def events(n_keys: int, n_features: int):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--max-parked", type=int, default=100_000)
+    parser.add_argument("--max-keys", type=int, default=1_000_000)
+    parser.add_argument("--units", type=int, default=16)
+    parser.add_argument("--no-derived", action="store_true", help="no calendar or lag features")
     parser.add_argument("--every", type=int, default=100_000, help="print RSS every N events")
     parser.add_argument("--poll", type=int, default=2000, help="events per simulated poll")
     args = parser.parse_args()
     n_features = 2
+    derived = {"seasons": (), "derived_calendar": False} if args.no_derived else {}
     settings = Settings(
-        model=ModelSettings(n_features=n_features, units=32, batch_size=32, window=16),
-        stream=StreamSettings(max_keys=args.max_parked, max_batch_wait_ms=0),
+        model=ModelSettings(n_features=n_features, units=args.units, layers=1, batch_size=32),
+        stream=StreamSettings(max_keys=args.max_keys, max_batch_wait_ms=0, **derived),
     )
     model = build_model(settings)
     learner = OnlineLearner(settings, model)
     gc.collect()
     start_mb = rss_mb()
-    print(f"model built, RSS {start_mb:.0f} MB; {args.keys:,} keys, cap {args.max_parked:,}")
-    print(f"{'events':>10s} {'keys':>9s} {'parked':>8s} {'RSS MB':>8s} {'dropped':>9s} {'s':>6s}")
-    series: list[tuple[int, int, float]] = []
-    at_cap_mb: float | None = None
-    at_cap_events = 0
+    print(
+        f"model built, RSS {start_mb:.0f} MB; {args.keys:,} keys, cap {args.max_keys:,}, "
+        f"{args.units} units, inputs {learner.input_names}"
+    )
+    print(f"{'events':>10s} {'keys':>9s} {'in store':>9s} {'RSS MB':>8s} {'dropped':>9s} {'s':>6s}")
     started = time.perf_counter()
     count = 0
     keys_seen = 0
@@ -84,37 +89,24 @@ def main() -> int:
         if count % args.poll == 0:
             learner.end_of_poll()
             learner.take_outbox()
-        if at_cap_mb is None and len(learner.table.parked) >= args.max_parked:
-            learner.end_of_poll()
-            learner.take_outbox()
-            at_cap_mb, at_cap_events = rss_mb(), count
         if count % args.every == 0:
-            mb = rss_mb()
-            series.append((count, len(learner.table.parked), mb))
             print(
-                f"{count:10,d} {keys_seen:9,d} {len(learner.table.parked):8,d} {mb:8.0f} "
-                f"{learner.table.parked_dropped:9,d} {time.perf_counter() - started:6.0f}",
+                f"{count:10,d} {keys_seen:9,d} {learner.keys_in_store():9,d} {rss_mb():8.0f} "
+                f"{learner.resets['dropped']:9,d} {time.perf_counter() - started:6.0f}",
                 flush=True,
             )
     learner.end_of_poll()
     learner.take_outbox()
+    gc.collect()
     end_mb = rss_mb()
-    print(f"end: {count:,} events, RSS {end_mb:.0f} MB, {learner.table.parked_dropped:,} dropped")
-    if at_cap_mb is not None:
-        per_key = (at_cap_mb - start_mb) * 1024 * 1024 / args.max_parked
-        after = [mb for events_done, _, mb in series if events_done > at_cap_events]
-        growth = (max(after) - at_cap_mb) if after else 0.0
-        print(
-            f"cap reached after {at_cap_events:,} events at RSS {at_cap_mb:.0f} MB: "
-            f"~{per_key:,.0f} bytes per parked key (RSS growth from start / cap)"
-        )
-        print(
-            f"after the cap: RSS max {max(after, default=at_cap_mb):.0f} MB, "
-            f"growth {growth:+.0f} MB over {count - at_cap_events:,} more events "
-            f"({'flat' if growth < 0.05 * at_cap_mb else 'NOT flat'}: < 5% of RSS at the cap)"
-        )
+    held = learner.keys_in_store()
+    print(
+        f"end: {count:,} events, {held:,} keys held ({learner.pending_events():,} pending "
+        f"events), RSS {end_mb:.0f} MB, {learner.resets['dropped']:,} dropped"
+    )
+    print(f"RSS per key held: {(end_mb - start_mb) * 1024 * 1024 / max(held, 1):,.0f} bytes")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
