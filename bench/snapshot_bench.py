@@ -1,9 +1,10 @@
-"""Snapshot write and restore time with 32 slots and 100,000 parked keys (issue: goal < 1 s each).
+"""Snapshot write and restore time of a key-state store of 100,000 keys (goal < 1 s each).
 
-Run: .venv/bin/python bench/snapshot_bench.py [--parked 100000] [--repeat 3]
-Builds a learner whose table holds 32 bound and N parked keys, each with normalisation statistics
-and one buffered forecast event (the usual state of a key between events), then times
-`Checkpointer.save` and `Checkpointer.restore` into a fresh learner with the real model.
+Run: .venv/bin/python bench/snapshot_bench.py [--keys 100000] [--repeat 3]
+Fills one partition's store through the real ingest path (two events per key, forecast mode,
+default derived features), so each key holds its state, statistics, derived-feature history and
+pending events as in a running daemon, then times `Checkpointer.save` and
+`Checkpointer.restore` into a fresh learner with the real model.
 """
 
 from __future__ import annotations
@@ -22,70 +23,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from daemon.core.events import Event
 from daemon.core.learner import OnlineLearner
-from daemon.core.learner_state import import_learner
 from daemon.model.lstm import build_model
 from daemon.persist.checkpointing import Checkpointer
 from daemon.persist.snapshots import SnapshotStore
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
 
-def synthetic_state(settings: Settings, parked: int) -> tuple[dict, dict]:
-    """Arrays and metadata as `export_learner` writes them, for 32 bound + N parked keys."""
-    m = settings.model
-    b, n = m.batch_size, m.batch_size + parked
+def fill(learner: OnlineLearner, keys: int, n_features: int) -> None:
+    """Give the store `keys` keys through the real ingest path: two events each, daily."""
     rng = np.random.default_rng(0)
-    f, t = m.n_features, m.n_targets
-    arrays = {
-        "key_slot": np.concatenate([np.arange(b), np.full(parked, -1)]).astype(np.int64),
-        "key_rows": rng.normal(size=(n, m.layers, 2, m.units)).astype(np.float32),
-        "key_reset_epoch": np.zeros(n, np.int64),
-        "key_last_ts": np.full(n, 1.7e9),
-        "key_last_target": np.zeros((n, t)),
-        "key_has_last_target": np.zeros(n, bool),
-        "free_slots": np.zeros(0, np.int64),
-        "fstat_count": np.full(n, 100, np.int64),
-        "fstat_mean": rng.normal(size=(n, f)),
-        "fstat_m2": rng.uniform(1, 2, size=(n, f)),
-        "dstat_count": np.zeros(n, np.int64),
-        "dstat_mean": np.zeros((n, t)),
-        "dstat_m2": np.zeros((n, t)),
-        "key_last_level": np.zeros((n, t)),
-        "key_has_last_level": np.zeros(n, bool),
-        "tstat_count": np.zeros(n, np.int64),
-        "tstat_mean": np.zeros((n, t)),
-        "tstat_m2": np.zeros((n, t)),
-        "buf_key": np.arange(n, dtype=np.int64),
-        "buf_partition": np.zeros(n, np.int64),
-        "buf_offset": np.arange(n, dtype=np.int64),
-        "buf_ts": np.full(n, 1.7e9),
-        "buf_x": rng.normal(size=(n, f)).astype(np.float32),
-        "buf_location": np.zeros((n, t)),
-        "buf_spread": np.ones((n, t)),
-        "buf_forecast_mode": np.ones(n, bool),
-        "buf_starts_sequence": np.zeros(n, bool),
-        "buf_y": np.zeros((n, t), np.float32),
-        "buf_has_y": np.zeros(n, bool),
-        "buf_target": np.zeros((n, t)),
-        "buf_has_target": np.zeros(n, bool),
-        "buf_naive": rng.normal(size=(n, t)),
-        "buf_has_naive": np.ones(n, bool),
-        "buf_prediction": rng.normal(size=(n, t)),
-        "buf_has_prediction": np.ones(n, bool),
-    }
-    meta = {
-        "keys": [f"key-{i}" for i in range(n)],
-        "step": 1000,
-        "last_loss": 0.1,
-        "resets": {},
-        "untrained": 0,
-        "trained_events": 0,
-        "epoch": 0,
-        "evictions": n,
-        "parked_dropped": 0,
-        "prequential": [0.0, 0.0, 0],
-    }
-    return arrays, meta
+    noise = rng.normal(size=(4096, n_features)) + 10.0
+    for day in range(2):
+        for k in range(keys):
+            event = Event(f"key-{k}", 86_400.0 * day, noise[(k + day) % 4096].copy(), None)
+            learner.ingest(event, 0, day * keys + k)
+        learner.end_of_poll()
+        learner.take_outbox()
 
 
 def parts(settings: Settings, directory: Path) -> tuple[OnlineLearner, Checkpointer]:
@@ -96,17 +51,16 @@ def parts(settings: Settings, directory: Path) -> tuple[OnlineLearner, Checkpoin
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parked", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     settings = Settings(
-        model=ModelSettings(n_features=11, units=32, batch_size=32, window=16),
-        stream=StreamSettings(max_keys=max(args.parked, 1)),
+        model=ModelSettings(n_features=2, units=16, batch_size=32),
+        stream=StreamSettings(max_keys=args.keys, max_batch_wait_ms=0),
     )
     with tempfile.TemporaryDirectory() as tmp:
         learner, checkpointer = parts(settings, Path(tmp))
-        arrays, meta = synthetic_state(settings, args.parked)
-        import_learner(learner, arrays, meta, now=0.0)
+        fill(learner, args.keys, settings.model.n_features)
         writes, restores = [], []
         for _ in range(args.repeat):
             started = time.perf_counter()
@@ -116,9 +70,13 @@ def main() -> None:
             started = time.perf_counter()
             fresh_checkpointer.restore()
             restores.append(time.perf_counter() - started)
-            assert len(fresh.table.parked) == args.parked
+            if fresh.keys_in_store() != args.keys:
+                raise RuntimeError(f"restored {fresh.keys_in_store()} keys, not {args.keys}")
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"keys: 32 bound + {args.parked:,} parked, snapshot {info.size_bytes / 1e6:.1f} MB")
+        print(
+            f"keys: {args.keys:,} in one store ({learner.pending_events():,} pending events, "
+            f"inputs {len(learner.input_names)}), snapshot {info.size_bytes / 1e6:.1f} MB"
+        )
         print(f"write   : best {min(writes):.3f} s, median {np.median(writes):.3f} s")
         print(f"restore : best {min(restores):.3f} s, median {np.median(restores):.3f} s")
         print(f"peak RSS: {rss_mb:.0f} MB")
