@@ -15,7 +15,7 @@ from enum import StrEnum
 import numpy as np
 
 from daemon.core.derived import DerivedFeatures
-from daemon.core.pending import ANSWERED, HAS_Y, NO_EVENT, PendingEvents
+from daemon.core.pending import ANSWERED, HAS_Y, NO_EVENT, FreeIds, PendingEvents
 from daemon.core.scaling import StatsColumns
 
 _INITIAL_ROWS = 64
@@ -66,7 +66,7 @@ class KeyStateStore:
         self.n_inputs, self.n_targets = n_inputs, n_targets
         self.row_of: dict[str, int] = {}
         self.keys: list[str | None] = []
-        self._free_rows: list[int] = []
+        self._free_rows = FreeIds()
         self.capacity = 0
         self.events = PendingEvents(n_inputs, n_targets)
         self.feature_stats = StatsColumns(n_inputs, 0)
@@ -111,7 +111,7 @@ class KeyStateStore:
         if self.derived is not None:
             self.derived.grow(capacity)
         self.keys.extend([None] * (capacity - old))
-        self._free_rows.extend(range(capacity - 1, old - 1, -1))
+        self._free_rows.add_range(old, capacity)
         self.capacity = capacity
 
     def __len__(self) -> int:
@@ -149,7 +149,7 @@ class KeyStateStore:
         del self.row_of[key]
         self.keys[row] = None
         self._clear(row)
-        self._free_rows.append(row)
+        self._free_rows.push(row)
         return events
 
     def least_recent(self, count: int) -> list[int]:
