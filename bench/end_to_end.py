@@ -396,7 +396,7 @@ def micro(messages: list[tuple[bytes, bytes]], n_features: int) -> dict:
         for i in range(len(values))
     ]
     out["encode_prediction_us"] = per_event(
-        lambda: [encode_prediction(p, "lstmd-events", None) for p in predictions]
+        lambda: [encode_prediction(p, "lstmd-events") for p in predictions]
     )
     out["orjson_encode_us"] = per_event(
         lambda: [
@@ -411,7 +411,6 @@ def micro(messages: list[tuple[bytes, bytes]], n_features: int) -> dict:
                     "prediction": p.prediction.tolist(),
                     "target": None,
                     "model_step": p.step,
-                    "snapshot_id": None,
                 }
             )
             for p in predictions
