@@ -72,9 +72,17 @@ class Checkpointer:
         self._learner = learner
         self._model = model
         self._shape = model_settings.shape()
+        # The extra fields of the snapshot last loaded (see `save`).
+        self.extra: dict[str, Any] = {}
 
-    def save(self, offsets: dict[int, int]) -> SnapshotInfo:
-        """Write one snapshot of the current state, reflecting `offsets` (partition → next)."""
+    def save(self, offsets: dict[int, int], extra: dict[str, Any] | None = None) -> SnapshotInfo:
+        """Write one snapshot of the current state, reflecting `offsets` (partition → next).
+
+        Args:
+            offsets: per input partition, the next offset to read.
+            extra: JSON-able fields kept in the learner metadata (e.g. `weights_version`, the
+                averaged weights this state holds); `meta()` reads them back.
+        """
         collecting = gc.isenabled()
         gc.disable()  # the export builds large lists of small objects, none of them garbage
         try:
@@ -85,6 +93,7 @@ class Checkpointer:
         optimizer = self._model.optimizer_state()
         names = sorted(optimizer)
         meta["optimizer_variables"] = names
+        meta["extra"] = dict(extra or {})
         meta["partitions"] = {str(p): part_meta for p, (_, part_meta) in parts.items()}
         writers: dict[str, Callable[[Path], None]] = {
             WEIGHTS: self._model.save_weights,
@@ -142,6 +151,7 @@ class Checkpointer:
             for p, part_meta in meta.pop("partitions").items()
         }
         names: list[str] = meta.pop("optimizer_variables")
+        self.extra = dict(meta.pop("extra", {}))
         optimizer = {n: saved[f"v{i}"] for i, n in enumerate(names)}
         self._model.load_weights(info.path / WEIGHTS)
         self._model.set_optimizer_state(optimizer)
