@@ -27,7 +27,7 @@ def values_for(days: int, start: int = 0) -> list[bytes]:
 
 
 class Harness:
-    def __init__(self, tmp_path, values, kafka=None, stream=None, **snapshot):
+    def __init__(self, tmp_path, values, kafka=None, stream=None, state_topic=None, **snapshot):
         snapshot.setdefault("every_steps", 2)
         snapshot.setdefault("every_s", 0)
         self.settings = Settings(
@@ -53,6 +53,7 @@ class Harness:
             self.checkpointer,
             Health(60, 0.0),
             clock=lambda: self.clock[0],
+            state_topic=state_topic,
         )
 
     def turns(self, n: int) -> None:

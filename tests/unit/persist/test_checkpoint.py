@@ -10,9 +10,11 @@ import logging
 import math
 
 import numpy as np
-from fakes import TOPIC
+from fakes import TOPIC, FakeStateTopic
 from runner_harness import Harness
 from runner_harness import values_for as _values
+
+from daemon.service.partitions import state_digest
 
 
 def test_offsets_are_committed_only_with_a_snapshot_after_every_record_is_acknowledged(tmp_path):
@@ -122,3 +124,81 @@ def test_divergence_right_after_a_rollback_skips_the_batches_instead_of_looping(
     assert h.learner.untrained > 0
     skipped = [r for r in caplog.records if r.getMessage().startswith("training diverged again")]
     assert skipped
+
+
+def test_offsets_are_committed_only_after_the_state_topic_holds_the_state(tmp_path, caplog):
+    topic = FakeStateTopic()
+    topic.failing = 1
+    h = Harness(tmp_path, _values(10), state_topic=topic)
+    with caplog.at_level(logging.INFO):
+        h.turns(1)  # the first checkpoint's state-topic write fails: nothing is committed
+    assert h.store.list() and h.source.commits == [] and topic.writes == []
+    assert "snapshot failed; retrying with backoff, last good snapshot kept" in [
+        r.getMessage() for r in caplog.records
+    ]
+    h.clock[0] += 10  # past the backoff
+    h.turns(3)
+    assert topic.writes and h.source.commits
+    # Every commit names an offset whose state the topic had already acknowledged.
+    written = [offset for write in topic.writes for offset in write.values()]
+    for commit in h.source.commits:
+        assert commit[(TOPIC, 0)] in written
+    assert h.runner.checkpoint.state_topic_lag() == {0: 0}
+
+
+def test_a_revoked_partition_moves_to_its_new_owner_with_its_exact_state(tmp_path):
+    topic = FakeStateTopic()
+    old = Harness(tmp_path / "old", _values(6), state_topic=topic, every_steps=1000)
+    old.turns(2)
+    processed = old.runner.checkpoint.processed[0]
+    before = state_digest(old.learner, 0)
+    assert before != "empty" and old.source.commits == []
+    old.runner.moves.on_revoke({(TOPIC, 0)})
+    assert topic.states[0].offset == processed
+    assert old.source.commits[-1] == {(TOPIC, 0): processed}
+    old.runner.moves.on_assign(set())  # the partition went elsewhere
+    assert 0 not in old.learner.stores and 0 not in old.runner.checkpoint.processed
+
+    new = Harness(tmp_path / "new", _values(6), state_topic=topic, every_steps=1000)
+    new.runner.moves.on_assign({(TOPIC, 0)})
+    assert state_digest(new.learner, 0) == before  # not restarted from zero state
+    assert new.source.seeks[-1] == ((TOPIC, 0), processed)
+    assert new.metric("lstmd_partition_restore_duration_seconds_count") == 1
+    assert new.learner.pending_events() == old_pending(topic)
+
+
+def old_pending(topic: FakeStateTopic) -> int:
+    return len(topic.states[0].arrays["ev_key"])
+
+
+def test_a_partition_kept_across_a_rebalance_is_not_read_back(tmp_path):
+    topic = FakeStateTopic()
+    h = Harness(tmp_path, _values(6), state_topic=topic, every_steps=1000)
+    h.turns(2)
+    digest = state_digest(h.learner, 0)
+    h.runner.moves.on_revoke({(TOPIC, 0)})
+    topic.states.clear()  # a read would now find nothing
+    h.runner.moves.on_assign({(TOPIC, 0)})
+    assert state_digest(h.learner, 0) == digest
+    assert h.metric("lstmd_partition_restore_duration_seconds_count") == 0
+
+
+def test_lost_partitions_are_dropped_without_a_commit(tmp_path):
+    topic = FakeStateTopic()
+    h = Harness(tmp_path, _values(6), state_topic=topic, every_steps=1000)
+    h.turns(2)
+    h.runner.moves.on_lost({(TOPIC, 0)})
+    assert h.source.commits == [] and topic.writes == []
+    assert 0 not in h.learner.stores and h.runner.checkpoint.processed == {}
+
+
+def test_a_newer_state_in_the_state_topic_wins_over_the_local_snapshot(tmp_path):
+    topic = FakeStateTopic()
+    other = Harness(tmp_path / "other", _values(9), state_topic=topic, every_steps=1000)
+    other.turns(3)
+    other.runner.moves.on_revoke({(TOPIC, 0)})
+    h = Harness(tmp_path / "h", _values(9), state_topic=topic, every_steps=1000)
+    h.runner.checkpoint.adopt(0, 2, durable=False)  # what an older local snapshot said
+    h.runner.moves.on_assign({(TOPIC, 0)})
+    assert h.source.seeks[-1] == ((TOPIC, 0), other.runner.checkpoint.processed[0])
+    assert state_digest(h.learner, 0) == state_digest(other.learner, 0)
