@@ -202,6 +202,8 @@ class Checkpoint:
             )
             if not (unchanged and self._written):
                 self._write(reason)
+            if answered:
+                self.durable.clear()  # answered flags changed: the next owner must see them
             self._write_state_topic()
         except CheckpointFailed as exc:
             self._failed(reason, str(exc))

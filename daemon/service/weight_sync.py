@@ -109,7 +109,8 @@ class WeightSync:
         self.version = max(r.version for r in replicas) + 1
         self._metrics.weight_sync_last.set(time.time())
         self._metrics.live_replicas.set(len(replicas))
-        log.info(
+        # A join is worth a line; the periodic sync is not (it happens every few seconds).
+        (log.info if event == "joined" else log.debug)(
             f"weights {event}",
             extra={
                 "version": self.version,
