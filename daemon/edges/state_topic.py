@@ -94,7 +94,8 @@ class StateTopic:
     Args:
         options: from `kafka_io.client_options`.
         state_topic: the compacted state topic (created with `ensure_state_topic`).
-        input_topic: the input topic whose partitions' states these are.
+        input_topic: the input topic whose partitions' states these are; lstmd passes
+            `{group_id}/{input_topic}`, so that each consumer group keeps its own states.
         chunk_bytes: the largest chunk.
     """
 

@@ -195,7 +195,9 @@ def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryL
     kafka = settings.kafka
     ensure_topics(options, topics(settings))
     ensure_state_topic(options, kafka.state_topic, partition_count(options, kafka.input_topic))
-    state_topic = StateTopic(options, kafka.state_topic, kafka.input_topic)
+    # States belong to a consumer group (two groups reading one topic each keep their own), as
+    # Kafka Streams names changelogs after the application id.
+    state_topic = StateTopic(options, kafka.state_topic, f"{kafka.group_id}/{kafka.input_topic}")
     weights = _weight_sync(settings, options, model, learner, metrics, checkpointer)
     holder: dict[str, Runner] = {}
     source = EventSource(
@@ -254,8 +256,10 @@ def _weight_sync(
         return None
     kafka = settings.kafka
     ensure_weights_topic(options, kafka.weights_topic)
-    channel = WeightsTopic(options, kafka.weights_topic, replica_id(kafka.group_instance_id))
-    sync = WeightSync(channel, model, learner, metrics, every_s)
+    # Keyed by group, too: only replicas of this group are averaged.
+    name = f"{kafka.group_id}/{replica_id(kafka.group_instance_id)}"
+    channel = WeightsTopic(options, kafka.weights_topic, name)
+    sync = WeightSync(channel, model, learner, metrics, every_s, scope=f"{kafka.group_id}/")
     sync.version = int(checkpointer.extra.get("weights_version", 0))
     sync.join()
     return sync

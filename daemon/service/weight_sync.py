@@ -54,6 +54,7 @@ class WeightSync:
         metrics: `DaemonMetrics`.
         every_s: the sync period; 0 never syncs.
         clock: monotonic seconds (the period); publication times are wall clock.
+        scope: only replicas whose id starts with this are averaged (the consumer group).
     """
 
     def __init__(
@@ -64,8 +65,10 @@ class WeightSync:
         metrics: DaemonMetrics,
         every_s: float,
         clock: Callable[[], float] = time.monotonic,
+        scope: str = "",
     ) -> None:
         self.channel = channel
+        self._scope = scope
         self._model = model
         self._learner = learner
         self._metrics = metrics
@@ -78,11 +81,7 @@ class WeightSync:
         """At start-up: adopt the live replicas' average, if any replica is live."""
         if not self._every_s:
             return
-        others = [
-            r
-            for r in live(list(self.channel.latest().values()), time.time(), self._every_s)
-            if r.replica_id != self.channel.replica_id
-        ]
+        others = [r for r in self._live(time.time()) if r.replica_id != self.channel.replica_id]
         if others:
             self._adopt(others, "joined")
 
@@ -94,11 +93,15 @@ class WeightSync:
         weights = self._model.get_weights()
         try:
             published = self.channel.publish(self._learner.trained_events, weights, self.version)
-            replicas = live(list(self.channel.latest().values()), published, self._every_s)
+            replicas = self._live(published)
         except (RuntimeError, ValueError, TimeoutError) as exc:
             log.warning("weight sync skipped", extra={"error": str(exc)})
             return
         self._adopt(replicas, "synced")
+
+    def _live(self, now: float) -> list[ReplicaWeights]:
+        mine = [r for r in self.channel.latest().values() if r.replica_id.startswith(self._scope)]
+        return live(mine, now, self._every_s)
 
     def _adopt(self, replicas: list[ReplicaWeights], event: str) -> None:
         average = weighted_average(

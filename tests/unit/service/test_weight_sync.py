@@ -76,3 +76,23 @@ def test_a_period_of_zero_never_publishes():
     a.maybe_sync()
     a.join()
     assert board == {} and a.version == 0
+
+
+def test_replicas_of_another_group_are_not_averaged():
+    board: dict = {}
+    clock = [5.0]
+    stranger = Channel(board, "other-group/x")
+    stranger.publish(10**6, [np.full((2, 2), 100.0, np.float32)], 7)
+    model = Model(1.0)
+    sync = WeightSync(
+        Channel(board, "g/a"),
+        model,
+        Learner(10),
+        DaemonMetrics(),
+        5.0,
+        lambda: clock[0],
+        scope="g/",
+    )
+    clock[0] = 10.0
+    sync.maybe_sync()
+    np.testing.assert_allclose(model.weights[0], 1.0)
