@@ -63,7 +63,7 @@ def _restore(keys: int) -> None:
         checkpoint = Checkpoint(
             settings, source, _Flusher(), _NoLocal(), old, metrics, lambda _l: 0, topic
         )
-        checkpoint.processed[0] = keys
+        checkpoint.processed[0] = checkpoint._saved_offsets[0] = keys  # as after a local write
         started = time.perf_counter()
         checkpoint._write_state_topic()
         write_s = time.perf_counter() - started

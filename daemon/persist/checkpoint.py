@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner_state import export_partition
 from daemon.persist.checkpointing import Checkpointer
-from daemon.persist.partition_state import PartitionState
+from daemon.persist.partition_state import PartitionState, pack_keys
 from daemon.persist.snapshots import SnapshotInfo
 
 log = logging.getLogger("lstmd.checkpoint")
@@ -261,8 +261,8 @@ class Checkpoint:
         states = {}
         for partition, offset in changed.items():
             self._learner.store(partition)  # a partition of dead letters only has an empty store
-            arrays, meta = export_partition(self._learner, partition)
-            states[partition] = PartitionState(offset, arrays, meta)
+            packed = pack_keys(*export_partition(self._learner, partition))
+            states[partition] = PartitionState(offset, packed.arrays, packed.meta)
         started = time.perf_counter()
         try:
             self._state_topic.write(states)

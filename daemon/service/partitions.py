@@ -27,7 +27,7 @@ import numpy as np
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner_state import export_partition, import_partition
 from daemon.persist.checkpoint import Checkpoint
-from daemon.persist.partition_state import PartitionState
+from daemon.persist.partition_state import PartitionState, unpack_keys
 from daemon.service.metrics import DaemonMetrics
 
 log = logging.getLogger("lstmd.partitions")
@@ -184,7 +184,7 @@ class PartitionMoves:
         if state is not None and (local is None or state.offset > local):
             started = time.perf_counter()
             self._learner.drop_partition(partition)
-            import_partition(self._learner, state.arrays, state.meta, self._clock())
+            import_partition(self._learner, *unpack_keys(state), self._clock())
             seconds = time.perf_counter() - started
             self._metrics.partition_restore_duration.observe(seconds)
             self._checkpoint.adopt(partition, state.offset, durable=True)
