@@ -127,6 +127,9 @@ def _env(bootstrap: str, tag: str, sync_s: float) -> dict[str, str]:
             "LSTMD_METRICS__PORT": "0",
             "LSTMD_LOG__FORMAT": "json",
             "LSTMD_LOG__LEVEL": "WARNING",
+            # Commits (which end the measurement) follow checkpoints: every 2 s, each writing
+            # the changed partitions to the state topic, as a scaled-out deployment would.
+            "LSTMD_SNAPSHOT__EVERY_S": "2",
         }
     )
     return env
@@ -153,22 +156,25 @@ def _replicas(days: int, counts: list[int], syncs: list[float]) -> None:
                 ensure_topics(options, [f"in-{tag}"], partitions=PARTITIONS)
                 produce_values(options, f"in-{tag}", messages)
                 root = Path(scratch) / tag
-                procs = []
+                procs: list[subprocess.Popen] = []
                 started = time.monotonic()
-                for i in range(count):
-                    env_i = {**env, "LSTMD_SNAPSHOT__DIRECTORY": str(root / f"r{i}")}
-                    procs.append(
-                        subprocess.Popen([sys.executable, "-m", "daemon", "run"], env=env_i)
-                    )
-                while sum(committed_offsets(options, f"g-{tag}", f"in-{tag}").values()) < len(
-                    messages
-                ):
-                    time.sleep(0.5)
-                seconds = time.monotonic() - started
-                for proc in procs:
-                    proc.send_signal(signal.SIGTERM)
-                for proc in procs:
-                    proc.wait(120)
+                try:
+                    for i in range(count):
+                        env_i = {**env, "LSTMD_SNAPSHOT__DIRECTORY": str(root / f"r{i}")}
+                        command = [sys.executable, "-m", "daemon", "run"]
+                        procs.append(subprocess.Popen(command, env=env_i))
+                    group, topic = f"g-{tag}", f"in-{tag}"
+                    while sum(committed_offsets(options, group, topic).values()) < len(messages):
+                        time.sleep(0.5)
+                    seconds = time.monotonic() - started
+                    for proc in procs:
+                        proc.send_signal(signal.SIGTERM)
+                    for proc in procs:
+                        proc.wait(120)
+                finally:
+                    for proc in procs:
+                        if proc.poll() is None:
+                            proc.kill()
                 print(json.dumps(_score(root, count, sync_s, len(messages), seconds)), flush=True)
 
 

@@ -38,8 +38,21 @@ SETTLE_S = 90.0
 RESTORE_ALLOWANCE_S = 15.0
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_replicas():
+    """Kill every replica a failed test left running."""
+    yield
+    for replica in Replica.started:
+        if replica.proc.poll() is None:
+            replica.proc.kill()
+            replica.proc.wait(30)
+    Replica.started.clear()
+
+
 class Replica:
     """One `lstmd run` process with its own snapshot directory, logging JSON to a file."""
+
+    started: list[Replica] = []  # noqa: RUF012  (every replica of the running test)
 
     def __init__(self, env: dict[str, str], root: Path, name: str) -> None:
         self.name = name
@@ -49,6 +62,7 @@ class Replica:
         env["LSTMD_KAFKA__CLIENT_ID"] = name
         with self.log_path.open("w") as log:
             self.proc = subprocess.Popen(LSTMD, env=env, stderr=log, stdout=subprocess.DEVNULL)
+        Replica.started.append(self)
 
     def lines(self, event: str | None = None) -> list[dict[str, Any]]:
         out = []
