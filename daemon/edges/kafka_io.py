@@ -134,6 +134,15 @@ def ensure_topics(
         admin.close()
 
 
+def partition_count(options: dict[str, Any], topic: str) -> int:
+    """Return how many partitions an existing topic has (0 when the broker does not know it)."""
+    consumer = KafkaConsumer(**options, group_id=None)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close(autocommit=False)
+
+
 def _wait_for_topics(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:

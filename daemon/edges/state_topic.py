@@ -94,7 +94,8 @@ class StateTopic:
     Args:
         options: from `kafka_io.client_options`.
         state_topic: the compacted state topic (created with `ensure_state_topic`).
-        input_topic: the input topic whose partitions' states these are.
+        input_topic: the input topic whose partitions' states these are; lstmd passes
+            `{group_id}/{input_topic}`, so that each consumer group keeps its own states.
         chunk_bytes: the largest chunk.
     """
 
@@ -119,7 +120,7 @@ class StateTopic:
         self._partitions = self._state_partitions()
         # Per input partition: the slot of its newest manifest and the chunk count per slot,
         # from our reads and writes; used to pick the free slot and to tombstone stale chunks.
-        self._slots: dict[int, tuple[str, dict[str, int]]] = {}
+        self._slots: dict[int, tuple[str | None, dict[str, int]]] = {}
 
     def _state_partitions(self) -> int:
         consumer = KafkaConsumer(**self._options, group_id=None)

@@ -46,10 +46,14 @@ class CheckpointModel(Protocol):
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None: ...
 
 
+def _write_json(path: Path, meta: dict[str, Any]) -> None:
+    path.write_text(json.dumps(meta), encoding="utf-8")
+
+
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write arrays uncompressed: a snapshot is written often and must be quick."""
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -74,9 +78,17 @@ class Checkpointer:
         # The model's inputs include the derived features: other derived-feature settings make
         # a snapshot as unusable as another model shape.
         self._shape = {**model_settings.shape(), "inputs": learner.input_names}
+        # The extra fields of the snapshot last loaded (see `save`).
+        self.extra: dict[str, Any] = {}
 
-    def save(self, offsets: dict[int, int]) -> SnapshotInfo:
-        """Write one snapshot of the current state, reflecting `offsets` (partition → next)."""
+    def save(self, offsets: dict[int, int], extra: dict[str, Any] | None = None) -> SnapshotInfo:
+        """Write one snapshot of the current state, reflecting `offsets` (partition → next).
+
+        Args:
+            offsets: per input partition, the next offset to read.
+            extra: JSON-able fields kept in the learner metadata (e.g. `weights_version`, the
+                averaged weights this state holds); `meta()` reads them back.
+        """
         collecting = gc.isenabled()
         gc.disable()  # the export builds large lists of small objects, none of them garbage
         try:
@@ -87,11 +99,12 @@ class Checkpointer:
         optimizer = self._model.optimizer_state()
         names = sorted(optimizer)
         meta["optimizer_variables"] = names
+        meta["extra"] = dict(extra or {})
         meta["partitions"] = {str(p): part_meta for p, (_, part_meta) in parts.items()}
         writers: dict[str, Callable[[Path], None]] = {
             WEIGHTS: self._model.save_weights,
             OPTIMIZER: lambda p: _save_npz(p, {f"v{i}": optimizer[n] for i, n in enumerate(names)}),
-            LEARNER_META: lambda p: p.write_text(json.dumps(meta), encoding="utf-8"),
+            LEARNER_META: functools.partial(_write_json, meta=meta),
         }
         for partition, (arrays, _) in parts.items():
             writers[store_file(partition)] = functools.partial(_save_npz, arrays=arrays)
@@ -144,6 +157,7 @@ class Checkpointer:
             for p, part_meta in meta.pop("partitions").items()
         }
         names: list[str] = meta.pop("optimizer_variables")
+        self.extra = dict(meta.pop("extra", {}))
         optimizer = {n: saved[f"v{i}"] for i, n in enumerate(names)}
         self._model.load_weights(info.path / WEIGHTS)
         self._model.set_optimizer_state(optimizer)

@@ -152,3 +152,30 @@ def decode(manifest: Mapping[str, Any], chunks: Sequence[bytes | None]) -> Parti
     except (ValueError, OSError) as exc:
         raise StateCorrupt(f"arrays do not load: {exc}") from None
     return PartitionState(int(manifest["offset"]), arrays, dict(manifest["meta"]))
+
+
+def pack_keys(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> PartitionState:
+    """Move the key list from the meta into arrays, so the manifest stays small.
+
+    A manifest is one record (under the 1 MiB request limit); 100,000 keys as JSON are ~1.7 MB.
+    The keys become their UTF-8 bytes end to end plus a length per key: no pickle, no
+    fixed-width strings (one long key would widen every row).
+    """
+    keys = [key.encode("utf-8") for key in meta.get("keys", [])]
+    packed = dict(arrays)
+    packed["key_bytes"] = np.frombuffer(b"".join(keys), dtype=np.uint8).copy()
+    packed["key_lengths"] = np.array([len(key) for key in keys], dtype=np.int64)
+    rest = {name: value for name, value in meta.items() if name != "keys"}
+    return PartitionState(-1, packed, rest)
+
+
+def unpack_keys(state: PartitionState) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Undo `pack_keys`: return (arrays, meta) as `export_partition` made them."""
+    arrays = dict(state.arrays)
+    meta = dict(state.meta)
+    if "key_bytes" in arrays:
+        data = arrays.pop("key_bytes").tobytes()
+        ends = np.cumsum(arrays.pop("key_lengths")).tolist()
+        starts = [0, *ends[:-1]] if ends else []
+        meta["keys"] = [data[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
+    return arrays, meta

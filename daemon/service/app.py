@@ -14,7 +14,15 @@ from typing import Any
 from daemon.core.learner import OnlineLearner
 from daemon.edges.embedded import EmbeddedBroker
 from daemon.edges.http import EndpointServer
-from daemon.edges.kafka_io import EventSource, Publisher, client_options, ensure_topics
+from daemon.edges.kafka_io import (
+    EventSource,
+    Publisher,
+    client_options,
+    ensure_topics,
+    partition_count,
+)
+from daemon.edges.state_topic import StateTopic, ensure_state_topic
+from daemon.edges.weights_topic import WeightsTopic, ensure_weights_topic
 from daemon.model.environment import configure_tensorflow
 from daemon.persist.checkpointing import Checkpointer
 from daemon.persist.lock import DirectoryLock, DirectoryLocked
@@ -22,6 +30,7 @@ from daemon.persist.snapshots import FormatMismatch, ShapeMismatch, SnapshotStor
 from daemon.service.health import Health
 from daemon.service.metrics import DaemonMetrics
 from daemon.service.runner import Runner
+from daemon.service.weight_sync import WeightSync, replica_id
 from daemon.settings import Settings
 
 log = logging.getLogger("lstmd.app")
@@ -71,10 +80,15 @@ class Daemon:
     model: Any
     endpoints: EndpointServer | None
     lock: DirectoryLock | None = None
+    # Kafka clients of the state and weights topics, closed with the daemon.
+    channels: tuple[Any, ...] = ()
 
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
+        for channel in self.channels:
+            with contextlib.suppress(Exception):  # leaving anyway; the broker may be gone
+                channel.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -178,27 +192,34 @@ def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryL
     health = Health(settings.health.stall_s, time.monotonic())
     restored = restore_state(settings, checkpointer, metrics)
     health.set_restored(True)
+    kafka = settings.kafka
     ensure_topics(options, topics(settings))
-    holder: dict[str, Any] = {}
-
-    def on_assign(partitions: set) -> None:
-        log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
-        metrics.owned_partitions.set(len(partitions))  # eager protocol: the whole assignment
-        if holder.pop("joined", False):
-            metrics.rebalances.inc()
-        holder["joined"] = True
-        holder["runner"].on_assign(partitions)
-
-    def on_revoke(partitions: set) -> None:
-        if not partitions:
-            return  # the first join revokes nothing
-        log.info("partitions revoked", extra={"partitions": sorted(p for _, p in partitions)})
-        if "runner" in holder:
-            holder["runner"].snapshot("revoke")
-
-    source = EventSource(options, settings.kafka, on_assign=on_assign, on_revoke=on_revoke)
-    publisher = Publisher(options, settings.kafka)
-    runner = Runner(settings, source, publisher, learner, metrics, checkpointer, health, restored)
+    ensure_state_topic(options, kafka.state_topic, partition_count(options, kafka.input_topic))
+    # States belong to a consumer group (two groups reading one topic each keep their own), as
+    # Kafka Streams names changelogs after the application id.
+    state_topic = StateTopic(options, kafka.state_topic, f"{kafka.group_id}/{kafka.input_topic}")
+    weights = _weight_sync(settings, options, model, learner, metrics, checkpointer)
+    holder: dict[str, Runner] = {}
+    source = EventSource(
+        options,
+        kafka,
+        on_assign=lambda partitions: _assigned(partitions, source, metrics, holder["runner"]),
+        on_revoke=lambda partitions: holder["runner"].moves.on_revoke(partitions),
+        on_lost=lambda partitions: holder["runner"].moves.on_lost(partitions),
+    )
+    publisher = Publisher(options, kafka)
+    runner = Runner(
+        settings,
+        source,
+        publisher,
+        learner,
+        metrics,
+        checkpointer,
+        health,
+        restored,
+        state_topic=state_topic,
+        weights=weights,
+    )
     holder["runner"] = runner
     endpoints = None
     if serve_http:
@@ -210,7 +231,38 @@ def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryL
             ready=health.readiness,
         )
         log.info("http endpoints serving", extra={"port": endpoints.port})
-    return Daemon(runner, learner, metrics, model, endpoints, lock)
+    channels = (state_topic,) if weights is None else (state_topic, weights.channel)
+    return Daemon(runner, learner, metrics, model, endpoints, lock, channels)
+
+
+def _assigned(partitions: set, source: EventSource, metrics: DaemonMetrics, runner: Runner) -> None:
+    log.info("partitions assigned", extra={"partitions": sorted(p for _, p in partitions)})
+    if source.rebalances:
+        metrics.rebalances.inc()
+    runner.moves.on_assign(partitions)
+
+
+def _weight_sync(
+    settings: Settings,
+    options: dict,
+    model: Any,
+    learner: OnlineLearner,
+    metrics: DaemonMetrics,
+    checkpointer: Checkpointer,
+) -> WeightSync | None:
+    """Join the replicas' averaged model (DESIGN.md §10); None when `model.sync_every_s` is 0."""
+    every_s = settings.model.sync_every_s
+    if not every_s:
+        return None
+    kafka = settings.kafka
+    ensure_weights_topic(options, kafka.weights_topic)
+    # Keyed by group, too: only replicas of this group are averaged.
+    name = f"{kafka.group_id}/{replica_id(kafka.group_instance_id)}"
+    channel = WeightsTopic(options, kafka.weights_topic, name)
+    sync = WeightSync(channel, model, learner, metrics, every_s, scope=f"{kafka.group_id}/")
+    sync.version = int(checkpointer.extra.get("weights_version", 0))
+    sync.join()
+    return sync
 
 
 def install_signal_handlers(runner: Runner) -> None:

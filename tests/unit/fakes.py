@@ -106,3 +106,22 @@ class FakePublisher:
 
     def predictions(self, topic: str = "lstmd-predictions") -> list[bytes]:
         return [value for t, _, value in self.sent if t == topic]
+
+
+class FakeStateTopic:
+    """The state topic in memory: the newest state per partition; fails while `failing` > 0."""
+
+    def __init__(self) -> None:
+        self.states: dict = {}
+        self.writes: list[dict[int, int]] = []  # per write: partition → offset
+        self.failing = 0
+
+    def write(self, states: dict) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise RuntimeError("state topic lstmd-state: 1 chunks not stored")
+        self.states.update(states)
+        self.writes.append({p: s.offset for p, s in states.items()})
+
+    def read(self, partitions) -> dict:
+        return {p: self.states[p] for p in partitions if p in self.states}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,17 @@ def test_keys_and_slots() -> None:
     assert manifest_key("in", 4) == "in/4/manifest"
     assert chunk_key("in", 4, "b", 12) == "in/4/chunk/b/12"
     assert other_slot(None) == "a" and other_slot("a") == "b" and other_slot("b") == "a"
+
+
+def test_keys_travel_as_arrays_so_the_manifest_stays_small():
+    from daemon.persist.partition_state import pack_keys, unpack_keys
+
+    keys = ["α-ключ", "", "k" * 300, *(f"key-{i}" for i in range(50_000))]
+    arrays = {"states": np.zeros((len(keys), 2), np.float32)}
+    packed = pack_keys(arrays, {"partition": 3, "keys": keys})
+    assert "keys" not in packed.meta and len(json.dumps(packed.meta)) < 100
+    back_arrays, back_meta = unpack_keys(packed)
+    assert back_meta == {"partition": 3, "keys": keys}
+    assert set(back_arrays) == {"states"}
+    empty = unpack_keys(pack_keys({}, {"partition": 0, "keys": []}))
+    assert empty[1]["keys"] == []

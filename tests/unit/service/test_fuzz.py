@@ -95,7 +95,7 @@ class _Checkpointer:
     def __init__(self, learner):
         self.learner = learner
 
-    def save(self, offsets):
+    def save(self, offsets, extra=None):
         return SnapshotInfo("snap", Path("."), self.learner.step, 0.0, dict(offsets), 0, True)
 
 

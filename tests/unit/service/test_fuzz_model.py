@@ -113,7 +113,7 @@ class _Checkpointer:
     def __init__(self, learner):
         self.learner = learner
 
-    def save(self, offsets):
+    def save(self, offsets, extra=None):
         return SnapshotInfo("snap", ".", self.learner.step, 0.0, dict(offsets), 0, True)
 
 
