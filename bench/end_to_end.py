@@ -255,16 +255,17 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
     produce_values(options, settings.kafka.input_topic, messages)
 
     save_seconds: list[float] = []
-    original_save = runner._checkpointer.save
+    checkpointer = runner.checkpoint._checkpointer
+    original_save = checkpointer.save
 
-    def timed_save(offsets):
+    def timed_save(offsets, extra=None):
         started = time.perf_counter()
         try:
-            return original_save(offsets)
+            return original_save(offsets, extra)
         finally:
             save_seconds.append(time.perf_counter() - started)
 
-    runner._checkpointer.save = timed_save
+    checkpointer.save = timed_save
 
     done: dict[str, float] = {}
 
