@@ -61,6 +61,11 @@ METADATA_POLL_INTERVAL_S = 0.1
 # Offset look-ups (lag, retention checks) run on the loop's thread: during a network cut
 # kafka-python would wait out its whole request timeout (30 s), holding the loop and /readyz.
 OFFSETS_TIMEOUT_MS = 1000
+# send() blocks at most this long for a topic's metadata (kafka-python's default is 60 s): a topic
+# deleted under a running daemon then stalls the loop 10 s, once per UNKNOWN_TOPIC_RECHECK_S, and
+# its records are dropped as undeliverable in between.
+PRODUCER_MAX_BLOCK_MS = 10_000
+UNKNOWN_TOPIC_RECHECK_S = 30.0
 READ_POLL_TIMEOUT_MS = 100
 # Bulk replay: fewer, larger requests. On Tansu acks="all" and acks=1 both gave ~37k records/s
 # (50k x 42 B values, client-bound), so the safe setting costs nothing.
@@ -427,18 +432,23 @@ class Publisher:
     Attributes:
         delivered: records the broker acknowledged.
         failed: records that could not be delivered.
-        last_error: the most recent delivery error, or None.
     """
 
-    def __init__(self, options: dict[str, Any], kafka: KafkaSettings) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        kafka: KafkaSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._options = options
         self._kafka = kafka
+        self._clock = clock
+        self._unknown_until: dict[str, float] = {}  # topic -> when to ask the cluster again
         self._producer = self._new_producer()
         # Future callbacks run on the producer's I/O thread.
         self._lock = threading.Lock()
         self.delivered = 0
         self.failed = 0
-        self.last_error: BaseException | None = None
         self._failed_at_flush = 0
         self._retry: list[tuple] = []  # records to send again at the next flush
         self.truncated = 0  # dead-letter payloads cut to kafka.dead_letter_max_bytes
@@ -458,6 +468,7 @@ class Publisher:
             retries=float("inf"),
             enable_idempotence=True,
             max_request_size=self._kafka.max_request_size,
+            max_block_ms=PRODUCER_MAX_BLOCK_MS,
         )
 
     def send(
@@ -473,8 +484,21 @@ class Publisher:
         at the next `flush`, so nothing is dropped silently.
         """
         record = (topic, key, value, headers or [])
+        if self._clock() < self._unknown_until.get(topic, 0.0):
+            self._drop(UnknownTopicOrPartitionError(topic), record, "unknown_topic")
+            return
         try:
             future = self._producer.send(topic, key=key, value=value, headers=record[3])
+        except KafkaTimeoutError as exc:
+            # send() waited `max_block_ms` for the topic's metadata: a topic the cluster does not
+            # know (deleted since start-up) can never take the record, and asking again for
+            # every record would stall the loop that long each time.
+            if self._topic_unknown(topic):
+                self._unknown_until[topic] = self._clock() + UNKNOWN_TOPIC_RECHECK_S
+                self._drop(exc, record, "unknown_topic")
+            else:
+                self._on_failure(exc, record)
+            return
         except KafkaError as exc:
             self._on_failure(exc, record)
             return
@@ -553,6 +577,10 @@ class Publisher:
         """Flush what can be flushed within `timeout_s` and release the connection."""
         self._producer.close(timeout=timeout_s)
 
+    def _topic_unknown(self, topic: str) -> bool:
+        metadata = getattr(self._producer, "_metadata", None)
+        return metadata is not None and metadata.partitions_for_topic(topic) is None
+
     def _on_success(self, topic: str) -> None:
         with self._lock:
             self.delivered += 1
@@ -568,7 +596,6 @@ class Publisher:
             return
         with self._lock:
             self.failed += 1
-            self.last_error = exc
             if record is not None:
                 self.failed_by_topic[record[0]] += 1
                 self._retry.append(record)
