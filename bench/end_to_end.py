@@ -371,8 +371,7 @@ def micro(messages: list[tuple[bytes, bytes]], n_features: int) -> dict:
     import orjson
 
     from daemon.core.events import decode_event
-    from daemon.core.learner import Prediction
-    from daemon.core.records import encode_prediction
+    from daemon.core.records import Prediction, encode_prediction
 
     values = [v for _, v in messages[:20000]]
     keys = [k for k, _ in messages[:20000]]

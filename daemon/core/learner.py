@@ -14,20 +14,15 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from daemon.core.batching import (
-    Batch,
-    build_infer_batch,
-    build_train_batch,
-    split_chunks,
-    train_segment,
-)
+from daemon.core.batching import Batch, build_train_batch, train_segment
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
+from daemon.core.featurize import EventScaling
+from daemon.core.forecasts import Forecaster, KeyRef
 from daemon.core.pending import (
     ANSWERED,
     FORECAST_MODE,
@@ -36,7 +31,8 @@ from daemon.core.pending import (
     NO_EVENT,
     STARTS_SEQUENCE,
 )
-from daemon.core.prequential import RollingPrequential
+from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.records import Prediction
 from daemon.core.scaling import denormalise, normalise
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.settings import Settings
@@ -44,8 +40,6 @@ from daemon.settings import Settings
 # A key holding this many windows of trainable events closes a batch without waiting for the
 # others: a hot key next to cold ones must not buffer without bound.
 HOT_KEY_WINDOWS = 2
-
-KeyRef = tuple[int, int]  # (input partition, row in that partition's store)
 
 
 class StepModel(Protocol):
@@ -70,43 +64,6 @@ class TrainStepFailed(RuntimeError):
     """A train step raised after it may have changed the model or keys' states."""
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One prediction to publish for one input event."""
-
-    key: str
-    ts: float
-    partition: int
-    offset: int
-    mode: str  # "forecast" or "supervised"
-    prediction: np.ndarray
-    target: np.ndarray | None
-    step: int
-    received_at: float
-
-
-@dataclass(slots=True)
-class Prequential:
-    """Running absolute errors of the model and of the naive forecast on the same events."""
-
-    model_abs: float = 0.0
-    naive_abs: float = 0.0
-    count: int = 0  # scored target values
-
-    def add(self, prediction: np.ndarray, naive: np.ndarray, target: np.ndarray) -> None:
-        self.model_abs += float(np.abs(prediction - target).sum())
-        self.naive_abs += float(np.abs(naive - target).sum())
-        self.count += target.size
-
-    @property
-    def model_mae(self) -> float:
-        return self.model_abs / self.count if self.count else float("nan")
-
-    @property
-    def naive_mae(self) -> float:
-        return self.naive_abs / self.count if self.count else float("nan")
-
-
 class OnlineLearner:
     """Keep every key's state in its partition's store and train one step per closed batch."""
 
@@ -120,12 +77,12 @@ class OnlineLearner:
         self._clock = clock
         self.state_shape = model.state_shape
         self._layers, _, self.batch_size, self._units = model.state_shape
-        self._infer_rows, self._infer_width = model.infer_shape
         self._window = settings.model.window
         self.input_names = input_names(settings)
         self.n_inputs = len(self.input_names)
         self.n_targets = settings.model.n_targets
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
+        self._scaling = EventScaling(settings)
         self.stores: dict[int, KeyStateStore] = {}
         self.outbox: list[Prediction] = []
         self.step = 0
@@ -141,7 +98,6 @@ class OnlineLearner:
         self.nonfinite_offsets: list[tuple[int, int]] = []
         self.rows_filled = 0  # keys in the last train step
         self.rows_filled_total = 0
-        self.infer_calls = 0
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
         self.step_rows: list[int] = []  # likewise: keys filled per step
         self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
@@ -149,8 +105,7 @@ class OnlineLearner:
         # the subset holding at least a full window.
         self._ready: dict[KeyRef, None] = {}
         self._full: dict[KeyRef, None] = {}
-        # Forecast-mode events not yet answered, per key, in arrival order.
-        self._to_answer: dict[KeyRef, list[int]] = {}
+        self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.n_targets)
 
     # ---- stores -------------------------------------------------------------------------
 
@@ -177,6 +132,11 @@ class OnlineLearner:
         """Return how many keys all stores hold."""
         return sum(len(s) for s in self.stores.values())
 
+    @property
+    def infer_calls(self) -> int:
+        """Return how many batched inference calls forecasts took."""
+        return self._forecaster.calls
+
     def mean_rows_filled(self) -> float:
         """Return the mean number of keys per train step since start (or restore)."""
         return self.rows_filled_total / self.step if self.step else 0.0
@@ -197,9 +157,10 @@ class OnlineLearner:
         """Forget a partition's store (it was revoked); its state was saved before."""
         if self.stores.pop(partition, None) is None:
             return
-        for index in (self._ready, self._full, self._to_answer):
+        for index in (self._ready, self._full):
             for ref in [ref for ref in index if ref[0] == partition]:
                 del index[ref]
+        self._forecaster.forget_partition(partition)
         self._batch_opened_at = self._oldest_waiting()
 
     # ---- ingest -------------------------------------------------------------------------
@@ -235,8 +196,8 @@ class OnlineLearner:
     ) -> None:
         row = ref[1]
         events = store.events
-        features = self._with_derived(store, row, event)
-        x, location, spread = self._scale_features(store, row, features)
+        features = self._scaling.inputs(store, row, event)
+        x, location, spread = self._scaling.scale_inputs(store, row, features)
         ti = self._target_index
         previous = int(store.tail[row])
         if previous != NO_EVENT and not events.flags[previous] & HAS_Y and not starts_sequence:
@@ -250,13 +211,13 @@ class OnlineLearner:
         if event.target is None:
             level = event.features[ti]
             events.naive[e] = level
-            events.location[e], events.spread[e] = self._forecast_target_scale(
+            events.location[e], events.spread[e] = self._scaling.forecast_target(
                 store, row, level, starts_sequence, location[ti], spread[ti]
             )
             flags |= FORECAST_MODE | HAS_NAIVE
-            self._to_answer.setdefault(ref, []).append(e)
+            self._forecaster.wait(ref, e)
         else:
-            events.location[e], events.spread[e] = self._supervised_target_scale(store, row)
+            events.location[e], events.spread[e] = self._scaling.supervised_target(store, row)
             last = store.last_target[row]
             if not math.isnan(last[0]):
                 events.naive[e] = last
@@ -286,69 +247,6 @@ class OnlineLearner:
         if count == self._window:
             self._full[ref] = None
 
-    def _with_derived(self, store: KeyStateStore, row: int, event: Event) -> np.ndarray:
-        """Return the event's features followed by the key's derived features (DESIGN §3).
-
-        Forecast mode: the key's history takes this event's value first, since the forecast is
-        for the value after it. Supervised: the features describe this event's own target,
-        whose value joins the history only after.
-        """
-        derived = store.derived
-        if derived is None:
-            return event.features
-        if event.target is None:
-            derived.observe(row, event.ts, event.features[self._target_index])
-            extra = derived.derive(row)
-        else:
-            extra = derived.derive(row, event.ts - derived.cadence(row))
-            derived.observe(row, event.ts, event.target)
-        return np.concatenate((event.features, extra))
-
-    def _scale_features(
-        self, store: KeyStateStore, row: int, features: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fold the event into the key's statistics; return (normalised, location, spread)."""
-        if not self._stream.normalise:
-            size = len(features)
-            return features, np.zeros(size), np.ones(size)
-        location, spread = store.feature_stats.fold(row, features)
-        return normalise(features, location, spread), location, spread
-
-    def _forecast_target_scale(
-        self,
-        store: KeyStateStore,
-        row: int,
-        level: np.ndarray,
-        starts_sequence: bool,
-        location: np.ndarray,
-        spread: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return how the next value of this key's target features will be normalised.
-
-        "level": by the key's running mean and spread of those features. "difference": around
-        the current value, by the spread of the key's steps, so the model learns the change and
-        an untrained model forecasts the last value.
-        """
-        if self._stream.target_scaling == "level":
-            return location, spread
-        last = store.last_level[row]
-        steps = store.step_stats
-        if not math.isnan(last[0]) and not starts_sequence:
-            step_spread = steps.fold(row, level - last)[1]
-        elif steps.count[row] >= 2:
-            step_spread = steps.scale(row)[1]
-        store.last_level[row] = level
-        if self._stream.normalise and steps.count[row] >= 2:
-            spread = step_spread
-        return level, spread
-
-    def _supervised_target_scale(
-        self, store: KeyStateStore, row: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        # Scale from the targets seen before this one: this event's own target must not leak
-        # into the denormalised prediction published for it.
-        return store.target_stats.scale(row)
-
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Close a key's current sequence before an event that starts a new one."""
         tail = int(store.tail[ref[1]])
@@ -365,7 +263,8 @@ class OnlineLearner:
         victims = store.least_recent(max(1, self._stream.max_keys // 256))
         refs = [(partition, row) for row in victims]
         self.answer_forecasts()
-        self._answer_from_committed([r for r in refs if store.unanswered(r[1])])
+        waiting = [r for r in refs if store.unanswered(r[1])]
+        self._forecaster.answer_from_committed(self.stores, waiting)
         for ref in refs:
             for e in store.remove(ref[1]):
                 store.events.release(e)
@@ -505,66 +404,8 @@ class OnlineLearner:
     # ---- predictions --------------------------------------------------------------------
 
     def answer_forecasts(self) -> int:
-        """Publish the forecasts of events not yet answered, by batched inference.
-
-        Each key runs from its state ahead (after its answered events) through its new events.
-        Returns how many were published.
-        """
-        if not self._to_answer:
-            return 0
-        jobs = []
-        for (partition, row), events in self._to_answer.items():
-            store = self.stores[partition]
-            jobs.append((store, row, events, store.ahead[row]))
-        self._to_answer = {}
-        return self._infer(jobs)
-
-    def _answer_from_committed(self, refs: list[KeyRef]) -> int:
-        """Answer keys' unanswered events by inference from their committed state."""
-        jobs = []
-        for partition, row in refs:
-            store = self.stores[partition]
-            jobs.append((store, row, store.queue(row), store.states[row]))
-        return self._infer(jobs)
-
-    def _infer(self, jobs: list[tuple[KeyStateStore, int, list[int], np.ndarray]]) -> int:
-        """Run keys through their events in fixed-shape inference batches; answer the events.
-
-        A key's events are cut into chunks of at most the inference width; the k-th chunks of
-        all keys run together, each from the state the previous chunk left in `ahead`.
-        """
-        queues = [
-            (store, row, split_chunks(store, events, self._infer_width), start)
-            for store, row, events, start in jobs
-            if events
-        ]
-        answered = 0
-        depth = 0
-        while queues:
-            current = [
-                (store, row, chunks[depth], start if depth == 0 else store.ahead[row])
-                for store, row, chunks, start in queues
-            ]
-            for first in range(0, len(current), self._infer_rows):
-                answered += self._infer_batch(current[first : first + self._infer_rows])
-            depth += 1
-            queues = [q for q in queues if len(q[2]) > depth]
-        return answered
-
-    def _infer_batch(self, chunks: list[tuple[KeyStateStore, int, list[int], np.ndarray]]) -> int:
-        batch = build_infer_batch(
-            chunks, self._infer_rows, self._infer_width, self.n_inputs, self.n_targets
-        )
-        predictions, states = self._model.infer(batch.x, batch.mask, batch.states)
-        self.infer_calls += 1
-        answered = 0
-        for b, (store, row, events) in enumerate(batch.members):
-            store.ahead[row] = states[:, :, b, :]
-            waiting = np.flatnonzero(store.events.flags[events] & ANSWERED == 0)
-            if len(waiting):
-                self._publish(store, row, [events[t] for t in waiting], predictions[b, waiting])
-                answered += len(waiting)
-        return answered
+        """Publish the forecasts of events not yet answered (see `Forecaster`); how many."""
+        return self._forecaster.answer_waiting(self.stores)
 
     def flush_predictions(self, include_supervised: bool) -> int:
         """Publish predictions for pending events that await one; return how many.
@@ -575,7 +416,7 @@ class OnlineLearner:
         answered = self.answer_forecasts()
         if include_supervised:
             waiting = [ref for ref in self._ready if self.stores[ref[0]].unanswered(ref[1])]
-            answered += self._answer_from_committed(waiting)
+            answered += self._forecaster.answer_from_committed(self.stores, waiting)
         return answered
 
     def _publish(
@@ -667,15 +508,5 @@ class OnlineLearner:
         for ref in full:
             self._full[ref] = None
         for partition, store in stores.items():
-            flags = store.events.flags
-            if not np.any(((flags & FORECAST_MODE) != 0) & ((flags & ANSWERED) == 0)):
-                continue  # the usual case: a snapshot is taken after answering every forecast
-            for row in store.live_rows().tolist():
-                waiting = [
-                    e
-                    for e in store.queue(row)
-                    if flags[e] & FORECAST_MODE and not flags[e] & ANSWERED
-                ]
-                if waiting:
-                    self._to_answer[(partition, row)] = waiting
+            self._forecaster.adopt(partition, store)
         self._batch_opened_at = self._oldest_waiting()

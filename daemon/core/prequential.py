@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -93,3 +94,25 @@ class RollingPrequential:
     def naive_mae(self) -> float:
         """Return the naive forecast's rolling MAE."""
         return self.naive.value
+
+
+@dataclass(slots=True)
+class Prequential:
+    """Running absolute errors of the model and of the naive forecast on the same events."""
+
+    model_abs: float = 0.0
+    naive_abs: float = 0.0
+    count: int = 0  # scored target values
+
+    def add(self, prediction: np.ndarray, naive: np.ndarray, target: np.ndarray) -> None:
+        self.model_abs += float(np.abs(prediction - target).sum())
+        self.naive_abs += float(np.abs(naive - target).sum())
+        self.count += target.size
+
+    @property
+    def model_mae(self) -> float:
+        return self.model_abs / self.count if self.count else float("nan")
+
+    @property
+    def naive_mae(self) -> float:
+        return self.naive_abs / self.count if self.count else float("nan")

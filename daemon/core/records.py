@@ -1,14 +1,30 @@
-"""Output records: the JSON of prediction and metrics-topic messages. Pure."""
+"""Output records: one prediction per input event, and the JSON of prediction and metrics-topic
+messages. Pure."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
-from daemon.core.learner import Prediction
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One prediction to publish for one input event."""
+
+    key: str
+    ts: float
+    partition: int
+    offset: int
+    mode: str  # "forecast" or "supervised"
+    prediction: np.ndarray
+    target: np.ndarray | None
+    step: int
+    received_at: float
 
 
 def _floats(values: Any) -> list[float | None]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from daemon.core.events import Reason, Rejection
-from daemon.core.learner import OnlineLearner, Prediction
-from daemon.core.records import encode_metrics, encode_prediction
+from daemon.core.learner import OnlineLearner
+from daemon.core.records import Prediction, encode_metrics, encode_prediction
 from daemon.service.learning_metrics import LearningRecorder
 from daemon.service.metrics import DaemonMetrics
 from daemon.settings import Settings

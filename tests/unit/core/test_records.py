@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 
-from daemon.core.learner import Prediction
-from daemon.core.records import encode_prediction
+from daemon.core.records import Prediction, encode_prediction
 
 
 def _prediction(values: list[float], target: list[float] | None) -> Prediction:

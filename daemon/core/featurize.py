@@ -1,0 +1,86 @@
+"""From an event to the model's numbers: derived features, then per-key normalisation. Pure.
+
+Every number a key's event becomes is computed from that key's own history in its store (its
+derived-feature history and its running statistics) as of that event, so nothing leaks from
+later events; what a target is normalised with is frozen at ingest and published back with it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from daemon.core.events import Event
+from daemon.core.scaling import normalise
+from daemon.core.store import KeyStateStore
+from daemon.settings import Settings
+
+
+class EventScaling:
+    """Turn events into normalised model inputs and targets, per key (DESIGN §3)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._stream = settings.stream
+        self._target_index = np.array(settings.model.target_index, dtype=np.int64)
+
+    def inputs(self, store: KeyStateStore, row: int, event: Event) -> np.ndarray:
+        """Return the event's features followed by the key's derived features (DESIGN §3).
+
+        Forecast mode: the key's history takes this event's value first, since the forecast is
+        for the value after it. Supervised: the features describe this event's own target,
+        whose value joins the history only after.
+        """
+        derived = store.derived
+        if derived is None:
+            return event.features
+        if event.target is None:
+            derived.observe(row, event.ts, event.features[self._target_index])
+            extra = derived.derive(row)
+        else:
+            extra = derived.derive(row, event.ts - derived.cadence(row))
+            derived.observe(row, event.ts, event.target)
+        return np.concatenate((event.features, extra))
+
+    def scale_inputs(
+        self, store: KeyStateStore, row: int, features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold the event into the key's statistics; return (normalised, location, spread)."""
+        if not self._stream.normalise:
+            size = len(features)
+            return features, np.zeros(size), np.ones(size)
+        location, spread = store.feature_stats.fold(row, features)
+        return normalise(features, location, spread), location, spread
+
+    def forecast_target(
+        self,
+        store: KeyStateStore,
+        row: int,
+        level: np.ndarray,
+        starts_sequence: bool,
+        location: np.ndarray,
+        spread: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return how the next value of this key's target features will be normalised.
+
+        "level": by the key's running mean and spread of those features. "difference": around
+        the current value, by the spread of the key's steps, so the model learns the change and
+        an untrained model forecasts the last value.
+        """
+        if self._stream.target_scaling == "level":
+            return location, spread
+        last = store.last_level[row]
+        steps = store.step_stats
+        if not math.isnan(last[0]) and not starts_sequence:
+            step_spread = steps.fold(row, level - last)[1]
+        elif steps.count[row] >= 2:
+            step_spread = steps.scale(row)[1]
+        store.last_level[row] = level
+        if self._stream.normalise and steps.count[row] >= 2:
+            spread = step_spread
+        return level, spread
+
+    def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:
+        # Scale from the targets seen before this one: this event's own target must not leak
+        # into the denormalised prediction published for it.
+        return store.target_stats.scale(row)

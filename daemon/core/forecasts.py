@@ -1,0 +1,128 @@
+"""Forecasts: answer pending events by batched inference from each key's state ahead. Pure.
+
+A forecast-mode event is answered once per poll (and before any train step, which would consume
+it): every key that received events runs from its state ahead, the state after its answered
+events, through its new ones. Keys' events are cut into chunks of at most the inference width
+that never cross a sequence start; the k-th chunks of all keys share fixed-shape calls of the
+compiled inference step, so a poll costs one call per chunk depth and `infer_batch_size` keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from daemon.core.batching import build_infer_batch, split_chunks
+from daemon.core.pending import ANSWERED, FORECAST_MODE
+from daemon.core.store import KeyStateStore
+
+KeyRef = tuple[int, int]  # (input partition, row in that partition's store)
+# One key's inference: its store, row, the events to run through, and the state to start from.
+Job = tuple[KeyStateStore, int, list[int], np.ndarray]
+# Publishes one key's answered events: (store, row, events, normalised predictions).
+Publish = Callable[[KeyStateStore, int, list[int], np.ndarray], None]
+
+
+class InferModel(Protocol):
+    """What forecasting needs from the model (see `daemon.model.lstm.StatefulLSTM`)."""
+
+    @property
+    def infer_shape(self) -> tuple[int, int]: ...
+
+    def infer(
+        self, x: np.ndarray, mask: np.ndarray, states: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def waiting_forecasts(flags: np.ndarray) -> np.ndarray:
+    """Return which events (by their flags) are forecast-mode and not yet answered."""
+    return ((flags & FORECAST_MODE) != 0) & ((flags & ANSWERED) == 0)
+
+
+class Forecaster:
+    """Keep the forecast-mode events waiting for an answer and answer them in batches."""
+
+    def __init__(self, model: InferModel, publish: Publish, n_inputs: int, n_targets: int) -> None:
+        self._model = model
+        self._publish = publish
+        self._rows, self._width = model.infer_shape
+        self._n_inputs, self._n_targets = n_inputs, n_targets
+        self.waiting: dict[KeyRef, list[int]] = {}  # per key, in arrival order
+        self.calls = 0
+
+    def wait(self, ref: KeyRef, event: int) -> None:
+        """Queue a forecast-mode event for the next answer."""
+        self.waiting.setdefault(ref, []).append(event)
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop a partition's waiting events (it was revoked; its state was saved before)."""
+        for ref in [ref for ref in self.waiting if ref[0] == partition]:
+            del self.waiting[ref]
+
+    def adopt(self, partition: int, store: KeyStateStore) -> None:
+        """Queue a restored store's forecast-mode events that were never answered."""
+        flags = store.events.flags
+        if not np.any(waiting_forecasts(flags)):
+            return  # the usual case: a snapshot is taken after answering every forecast
+        for row in store.live_rows().tolist():
+            waiting = [e for e in store.queue(row) if waiting_forecasts(flags[e : e + 1])[0]]
+            if waiting:
+                self.waiting[(partition, row)] = waiting
+
+    def answer_waiting(self, stores: dict[int, KeyStateStore]) -> int:
+        """Publish the forecasts of the waiting events; return how many."""
+        if not self.waiting:
+            return 0
+        jobs = []
+        for (partition, row), events in self.waiting.items():
+            store = stores[partition]
+            jobs.append((store, row, events, store.ahead[row]))
+        self.waiting = {}
+        return self._infer(jobs)
+
+    def answer_from_committed(self, stores: dict[int, KeyStateStore], refs: list[KeyRef]) -> int:
+        """Answer keys' unanswered events by inference from their committed state."""
+        jobs = []
+        for partition, row in refs:
+            store = stores[partition]
+            jobs.append((store, row, store.queue(row), store.states[row]))
+        return self._infer(jobs)
+
+    def _infer(self, jobs: list[Job]) -> int:
+        """Run keys through their events in fixed-shape inference batches; answer the events.
+
+        A key's events are cut into chunks of at most the inference width; the k-th chunks of
+        all keys run together, each from the state the previous chunk left in `ahead`.
+        """
+        queues = [
+            (store, row, split_chunks(store, events, self._width), start)
+            for store, row, events, start in jobs
+            if events
+        ]
+        answered = 0
+        depth = 0
+        while queues:
+            current = [
+                (store, row, chunks[depth], start if depth == 0 else store.ahead[row])
+                for store, row, chunks, start in queues
+            ]
+            for first in range(0, len(current), self._rows):
+                answered += self._infer_batch(current[first : first + self._rows])
+            depth += 1
+            queues = [q for q in queues if len(q[2]) > depth]
+        return answered
+
+    def _infer_batch(self, chunks: list[Job]) -> int:
+        batch = build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_targets)
+        predictions, states = self._model.infer(batch.x, batch.mask, batch.states)
+        self.calls += 1
+        answered = 0
+        for b, (store, row, events) in enumerate(batch.members):
+            store.ahead[row] = states[:, :, b, :]
+            waiting = np.flatnonzero(store.events.flags[events] & ANSWERED == 0)
+            if len(waiting):
+                self._publish(store, row, [events[t] for t in waiting], predictions[b, waiting])
+                answered += len(waiting)
+        return answered
