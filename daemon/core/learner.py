@@ -103,6 +103,7 @@ class OnlineLearner:
         self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
         # Keys with trainable events, in the order they became trainable (oldest first), and
         # the subset holding at least a full window.
+        self._batch_opened_at: float | None = None  # the oldest waiting event's arrival
         self._ready: dict[KeyRef, None] = {}
         self._full: dict[KeyRef, None] = {}
         self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.n_targets)
@@ -289,8 +290,6 @@ class OnlineLearner:
                 self._train([ref, *(r for r in self._full if r != ref)])
             else:
                 return
-
-    _batch_opened_at: float | None = None
 
     def _oldest_waiting(self) -> float | None:
         """Return when the oldest trainable event still waiting arrived, if any."""

@@ -127,7 +127,3 @@ class PendingEvents:
             ids.append(event)
             event = int(nxt[event])
         return ids
-
-    def has(self, event: int, flag: int) -> bool:
-        """Say whether `flag` is set on `event`."""
-        return bool(self.flags[event] & flag)

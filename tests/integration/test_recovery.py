@@ -309,49 +309,36 @@ def _settings_from_env(env: dict[str, str]):
         os.environ.update(saved)
 
 
-def test_no_valid_snapshot_refuses_to_start_unless_start_fresh(stream, tmp_path):
+def _copy_newest_reference_snapshot(stream, tmp_path: Path, damage) -> Path:
+    """Copy the reference run's newest snapshot into a new directory and damage it."""
     directory = tmp_path / "snaps"
     directory.mkdir()
     newest = sorted(p for p in (stream.tmp / "reference").iterdir() if p.name.startswith("snap-"))
     subprocess.run(["cp", "-r", str(newest[-1]), str(directory)], check=True)
-    _missing(next(directory.iterdir()))
-    env = stream.env("fresh", LSTMD_SNAPSHOT__DIRECTORY=str(directory))
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    damage(next(directory.iterdir()))
+    return directory
+
+
+def _run_daemon(env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "daemon", "run"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_no_valid_snapshot_refuses_to_start_unless_start_fresh(stream, tmp_path):
+    directory = _copy_newest_reference_snapshot(stream, tmp_path, _missing)
+    out = _run_daemon(stream.env("fresh", LSTMD_SNAPSHOT__DIRECTORY=str(directory)))
     assert out.returncode == 2
     assert "no valid snapshot" in out.stderr and "start_fresh" in out.stderr
     env_units = stream.env(
         "units", LSTMD_SNAPSHOT__DIRECTORY=str(stream.tmp / "reference"), LSTMD_MODEL__UNITS="16"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon", "run"],
-        env=env_units,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _run_daemon(env_units)
     assert out.returncode == 2 and "model.units=8 (settings say 16)" in out.stderr
 
 
 def test_snapshot_of_another_format_version_is_refused_with_one_line(stream, tmp_path):
-    directory = tmp_path / "snaps"
-    directory.mkdir()
-    newest = sorted(p for p in (stream.tmp / "reference").iterdir() if p.name.startswith("snap-"))
-    subprocess.run(["cp", "-r", str(newest[-1]), str(directory)], check=True)
-    _version(next(directory.iterdir()))
-    env = stream.env("version", LSTMD_SNAPSHOT__DIRECTORY=str(directory))
-    out = subprocess.run(
-        [sys.executable, "-m", "daemon", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    directory = _copy_newest_reference_snapshot(stream, tmp_path, _version)
+    out = _run_daemon(stream.env("version", LSTMD_SNAPSHOT__DIRECTORY=str(directory)))
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if "format version" in line]
     assert (
