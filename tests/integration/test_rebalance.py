@@ -38,11 +38,16 @@ class Member:
         self.processed: dict[PartitionKey, int] = {}
         self.revoke_commits: list[tuple[set[PartitionKey], set[PartitionKey]]] = []
         self.assignments: list[set[PartitionKey]] = []
+        self.losses: list[set[PartitionKey]] = []
         self._requests: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.source = EventSource(
-            options, kafka, on_assign=self._on_assign, on_revoke=self._on_revoke
+            options,
+            kafka,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self.losses.append,
         )
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -185,6 +190,8 @@ def test_static_member_restarting_within_the_session_keeps_its_partitions(
         # Past the old incarnation's session timeout: its expiry must not rebalance either.
         time.sleep(STATIC_OBSERVE_S)
         assert restarted.owned() == owned_a
+        # Either member noticing counts: the evicted member id shows first on the restarted one.
+        assert restarted.losses == [] and restarted.source.rebalances == 0, "pod-0 was evicted"
         assert len(b.assignments) == joins_b, "b saw a rebalance"
         assert b.revoke_commits == [] and b.source.rebalances == 0
     finally:
