@@ -6,6 +6,13 @@ last event time and a ring of its recent target values (for the lags). `observe`
 in; `derive` returns the features for forecasting the key's *next* value from what has been
 observed so far, so a forecast never uses anything after its event.
 
+With the lags come steps, so a model of the key's changes (difference target scaling) sees the
+changes a seasonal ARIMA differences out: for each season m, the step into the value m before
+the target (its value minus the one before it: "what happened at this time last season"), and
+the key's latest step. A recurrent model could work them out from consecutive lags, but truncated
+backpropagation over T events learns that slowly; given explicitly they cut the one-step MAE by
+39% on elecdemand and 44% on us_employment (README, Forecast quality).
+
 Calendar features are sin/cos pairs of time of day, day of week and day of year of the target
 time, which is the last event time plus the key's cadence (the median of its recent gaps). Times
 are UTC. Day of year uses the mean Gregorian year (365.2425 days) counted from 1970-01-01, so it
@@ -14,8 +21,8 @@ drifts by less than a day against the civil calendar, which a sin/cos pair does 
 >>> derived = DerivedFeatures(seasons=(2,), calendar=False, n_targets=1, capacity=4)
 >>> for ts, value in [(0.0, 10.0), (60.0, 20.0), (120.0, 30.0)]:
 ...     derived.observe(0, ts, np.array([value]))
->>> derived.derive(0).tolist()  # the value 2 steps before the next one
-[20.0]
+>>> derived.derive(0).tolist()  # lag 2: the value 2 before the next; its step; the last step
+[20.0, 10.0, 10.0]
 """
 
 from __future__ import annotations
@@ -97,8 +104,9 @@ class DerivedFeatures:
         n_targets: Values per observed target.
         capacity: Rows held.
         slots: Lag slots per target (auto: AUTO_SLOTS).
-        longest: L, the history ring's length: the longest lag in use.
-        width: Derived features per event: 6 × calendar + slots × n_targets.
+        longest: L, the history ring's length: the longest lag in use, plus one for its step.
+        width: Derived features per event: 6 × calendar + (2 × slots + 1) × n_targets (each
+            slot's lag and step, then the last step).
         names: One name per derived feature, in order.
     """
 
@@ -115,8 +123,9 @@ class DerivedFeatures:
         self.capacity = 0
         self.slots = AUTO_SLOTS if seasons is None else len(seasons)
         all_seasons = [m for s in SEASONS_BY_CADENCE.values() for m in s]
-        self.longest = max(all_seasons if seasons is None else seasons, default=1)
-        self.width = (len(CALENDAR_NAMES) if calendar else 0) + self.slots * n_targets
+        self.longest = max(all_seasons if seasons is None else seasons, default=1) + 1
+        lag_width = (2 * self.slots + 1) * n_targets if self.slots else 0
+        self.width = (len(CALENDAR_NAMES) if calendar else 0) + lag_width
         self.names = self._names()
         self._arrays: dict[str, np.ndarray] = self._empty(0)
         self.grow(capacity)
@@ -128,6 +137,9 @@ class DerivedFeatures:
             if self.seasons is None
             else [f"lag_{m}" for m in self.seasons]
         )
+        if not labels:
+            return names
+        labels += [f"step_{label[4:]}" for label in labels] + ["step_last"]
         return names + [f"{label}[{t}]" for label in labels for t in range(self.n_targets)]
 
     def _empty(self, capacity: int) -> dict[str, np.ndarray]:
@@ -218,6 +230,9 @@ class DerivedFeatures:
         cadence is known). Lag m: the value m steps before the one being predicted, i.e. the m-th
         most recent observed value; the most recent one while fewer than m are observed (seasonal
         naive falls back to naive), 0 before any. An unused auto slot holds the most recent value.
+        Step m: lag m minus the value before it (0 until m + 1 values are observed; an unused
+        auto slot holds the last step). The last step: the most recent value minus the one
+        before it (0 until two are observed).
         """
         out = np.empty(self.width, np.float64)
         start = 0
@@ -230,12 +245,27 @@ class DerivedFeatures:
         if count == 0:
             out[start:] = 0.0
             return out
-        n = self.n_targets
+        n, slots = self.n_targets, self.slots
         history, longest = self._history[row], self.longest
+        steps = start + slots * n
         for slot, lag in enumerate(self._lags[row].tolist()):
             back = lag if 0 < lag <= count else 1
             out[start + slot * n : start + (slot + 1) * n] = history[(count - back) % longest]
+            back = lag or 1  # an unused auto slot repeats the last step
+            step = out[steps + slot * n : steps + (slot + 1) * n]
+            if back < count:
+                step[:] = history[(count - back) % longest] - history[(count - back - 1) % longest]
+            else:
+                step[:] = 0.0
+        if slots:
+            out[steps + slots * n :] = self._last_step(row, count)
         return out
+
+    def _last_step(self, row: int, count: int) -> np.ndarray | float:
+        if count < 2:
+            return 0.0
+        history, longest = self._history[row], self.longest
+        return history[(count - 1) % longest] - history[(count - 2) % longest]
 
     # ---- snapshots ----------------------------------------------------------------------
 

@@ -183,11 +183,12 @@ def _describe(settings: Settings) -> str:
         derived.append("calendar")
     seasons = getattr(s, "seasons", ())
     if seasons == "auto":
-        derived.append("lags auto")
+        derived.append("lags and steps auto")
     elif seasons:
-        derived.append("lags " + "/".join(map(str, seasons)))
+        derived.append("lags and steps " + "/".join(map(str, seasons)))
     text = (
-        f"T {m.window}, {m.layers}x{m.units}, lr {m.learning_rate:g}, B {m.batch_size}, "
+        f"T {m.window}, {m.layers}x{m.units}, {m.loss} loss, lr {m.learning_rate:g}, "
+        f"B {m.batch_size}, "
         f"{s.target_scaling} target, derived: {' + '.join(derived) or 'none'}"
     )
     return text + (f", H {horizon_of(settings)}" if horizon_of(settings) > 1 else "")

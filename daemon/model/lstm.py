@@ -92,10 +92,16 @@ def _unrolled(model: keras.Model, steps: int) -> Iterator[None]:
             layer.unroll = False
 
 
-def masked_mse(y: tf.Tensor, preds: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Return the MSE over real timesteps and all targets, averaged over real timesteps.
+# Huber's threshold in normalised target units: targets are scaled by their key's spread, so
+# errors beyond one spread (holidays, outliers) pull linearly instead of quadratically.
+HUBER_DELTA = 1.0
+
+
+def masked_loss(kind: str, y: tf.Tensor, preds: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Return the loss over real timesteps and all targets, averaged over real timesteps.
 
     Args:
+        kind: "huber" (delta HUBER_DELTA, as `keras.losses.Huber`), "mse" or "mae".
         y: targets [B, T, n_targets].
         preds: predictions [B, T, n_targets].
         mask: [B, T] bool, True on real timesteps.
@@ -104,7 +110,15 @@ def masked_mse(y: tf.Tensor, preds: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
         A scalar; zero when no timestep is real.
     """
     weights = tf.cast(mask, preds.dtype)
-    per_step = tf.reduce_mean(tf.square(preds - y), axis=-1)
+    error = tf.abs(preds - y)
+    if kind == "mse":
+        per_element = tf.square(error)
+    elif kind == "mae":
+        per_element = error
+    else:
+        quadratic = tf.minimum(error, HUBER_DELTA)
+        per_element = 0.5 * tf.square(quadratic) + HUBER_DELTA * (error - quadratic)
+    per_step = tf.reduce_mean(per_element, axis=-1)
     return tf.reduce_sum(per_step * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
@@ -212,7 +226,7 @@ class StatefulLSTM:
         variables = self.keras_model.trainable_variables
         with tf.GradientTape() as tape:
             preds, new = self._forward(x, mask, states, training=True)
-            loss = masked_mse(y, preds, mask)
+            loss = masked_loss(self.settings.loss, y, preds, mask)
         grads = tape.gradient(loss, variables)
         # One fused reduction: the global norm is finite only if every gradient is.
         finite = tf.logical_and(

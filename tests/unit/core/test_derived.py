@@ -64,35 +64,50 @@ def test_calendar_is_zero_until_the_cadence_is_known():
     assert derived.derive(0).tolist() == [0.0] * 6
 
 
-def test_lags_are_the_mth_most_recent_values_with_fallbacks():
+def test_lags_and_steps_are_taken_from_the_history_with_fallbacks():
     derived = DerivedFeatures(seasons=(2, 3), calendar=False, n_targets=2, capacity=1)
-    assert derived.names == ["lag_2[0]", "lag_2[1]", "lag_3[0]", "lag_3[1]"]
-    assert derived.derive(0).tolist() == [0.0] * 4  # nothing observed
+    assert derived.names == [
+        *("lag_2[0]", "lag_2[1]", "lag_3[0]", "lag_3[1]"),
+        *("step_2[0]", "step_2[1]", "step_3[0]", "step_3[1]", "step_last[0]", "step_last[1]"),
+    ]
+    assert derived.derive(0).tolist() == [0.0] * 10  # nothing observed
     _feed(derived, 0, [0.0], [[1.0, -1.0]])
-    assert derived.derive(0).tolist() == [1.0, -1.0, 1.0, -1.0]  # too short: the last value
+    # Too short: each lag is the last value; no step is known yet.
+    assert derived.derive(0).tolist() == [1.0, -1.0, 1.0, -1.0] + [0.0] * 6
     _feed(derived, 0, [1.0], [[2.0, -2.0]])
-    assert derived.derive(0).tolist() == [1.0, -1.0, 2.0, -2.0]  # lag 3 still falls back
-    _feed(derived, 0, [2.0, 3.0], [[3.0, -3.0], [4.0, -4.0]])
-    # History 1 2 3 4: predicting the 5th, lag 2 is 3 and lag 3 is 2.
-    assert derived.derive(0).tolist() == [3.0, -3.0, 2.0, -2.0]
+    # History 1 2: lag 2 is 1, lag 3 falls back to 2; only the last step (2 - 1) is known.
+    assert derived.derive(0).tolist() == [1.0, -1.0, 2.0, -2.0, 0, 0, 0, 0, 1.0, -1.0]
+    _feed(derived, 0, [2.0, 3.0], [[4.0, -4.0], [8.0, -8.0]])
+    # History 1 2 4 8, predicting the 5th: lag 2 is 4, lag 3 is 2; step 2 = 4 - 2,
+    # step 3 = 2 - 1, the last step = 8 - 4.
+    assert derived.derive(0).tolist() == [
+        *(4.0, -4.0, 2.0, -2.0),
+        *(2.0, -2.0, 1.0, -1.0, 4.0, -4.0),
+    ]
 
 
 def test_the_ring_wraps_at_the_longest_lag():
     derived = DerivedFeatures(seasons=(1, 4), calendar=False, n_targets=1, capacity=1)
-    _feed(derived, 0, range(11), range(11))  # 0..10; the ring holds 4
-    assert derived.derive(0).tolist() == [10.0, 7.0]
+    squares = [float(i * i) for i in range(11)]  # 0 1 4 ... 100; the ring holds 4 + 1
+    _feed(derived, 0, range(11), squares)
+    # Lags 100 and 49; steps 100 - 81 and 49 - 36; the last step 100 - 81.
+    assert derived.derive(0).tolist() == [100.0, 49.0, 19.0, 13.0, 19.0]
 
 
 def test_auto_seasons_follow_the_cadence():
     hourly = DerivedFeatures(seasons=None, calendar=False, n_targets=1, capacity=1)
-    assert hourly.names == ["lag_auto1[0]", "lag_auto2[0]"]
-    assert hourly.longest == 365
+    assert hourly.names == [
+        *("lag_auto1[0]", "lag_auto2[0]", "step_auto1[0]", "step_auto2[0]", "step_last[0]")
+    ]
+    assert hourly.longest == 366  # the longest season, 365, and the value before it
     _feed(hourly, 0, [3600.0 * i for i in range(30)], [float(i) for i in range(30)])
     # Hourly: seasons 24 and 168. Lag 24 of the 31st value is value 6; 168 falls back to 29.
-    assert hourly.derive(0).tolist() == [6.0, 29.0]
+    # Step 24 is 6 - 5; step 168 is not known yet; the last step is 29 - 28.
+    assert hourly.derive(0).tolist() == [6.0, 29.0, 1.0, 0.0, 1.0]
     monthly = DerivedFeatures(seasons=None, calendar=False, n_targets=1, capacity=1)
     _feed(monthly, 0, [31 * DAY_S * i for i in range(14)], [float(i) for i in range(14)])
-    assert monthly.derive(0).tolist() == [2.0, 13.0]  # lag 12; the unused slot: last value
+    # Lag 12 and its step 2 - 1; the unused slot: the last value and the last step.
+    assert monthly.derive(0).tolist() == [2.0, 13.0, 1.0, 1.0, 1.0]
     assert seasons_for_cadence(1800.0) == (48, 336)
     assert seasons_for_cadence(30 * DAY_S) == (12,)
     assert seasons_for_cadence(300.0) == ()  # 5 minutes: no entry, both slots are naive
@@ -137,11 +152,11 @@ def test_rows_are_independent_and_growth_keeps_them():
     assert derived.capacity == 4
     np.testing.assert_array_equal(derived.derive(0), before[0])
     np.testing.assert_array_equal(derived.derive(1), before[1])
-    assert derived.derive(3).tolist() == [0.0] * 7
+    assert derived.derive(3).tolist() == [0.0] * 9
     derived.observe(3, 0.0, np.array([9.0]))
-    assert derived.derive(3)[-1] == 9.0
+    assert derived.derive(3)[6] == 9.0  # lag 2 falls back to the one value
     derived.clear_row(0)
-    assert derived.derive(0).tolist() == [0.0] * 7
+    assert derived.derive(0).tolist() == [0.0] * 9
     np.testing.assert_array_equal(derived.derive(1), before[1])
 
 

@@ -59,18 +59,25 @@ def _reference(settings: ModelSettings) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(settings.n_targets)(seq))
 
 
-def _reference_step(ref: keras.Model, optimizer, x: np.ndarray, y: np.ndarray):
+REFERENCE_LOSSES = {
+    "mse": keras.losses.MeanSquaredError(),
+    "huber": keras.losses.Huber(delta=1.0),
+    "mae": keras.losses.MeanAbsoluteError(),
+}
+
+
+def _reference_step(ref: keras.Model, optimizer, x: np.ndarray, y: np.ndarray, loss_kind: str):
     with tf.GradientTape() as tape:
         preds = ref(x, training=True)
-        loss = tf.reduce_mean(tf.square(preds - y))
+        loss = REFERENCE_LOSSES[loss_kind](y, preds)
     grads = tape.gradient(loss, ref.trainable_variables)
     optimizer.apply_gradients(zip(grads, ref.trainable_variables, strict=True))
     return float(loss), preds.numpy()
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_matches_keras_stateful_lstm_across_batches_and_reset(layers: int) -> None:
-    settings = _settings(layers=layers)
+@pytest.mark.parametrize(("layers", "loss_kind"), [(1, "huber"), (2, "huber"), (1, "mse")])
+def test_matches_keras_stateful_lstm_across_batches_and_reset(layers: int, loss_kind: str) -> None:
+    settings = _settings(layers=layers, loss=loss_kind)
     ours = StatefulLSTM(settings)
     ref = _reference(settings)
     ref.set_weights(ours.get_weights())
@@ -89,7 +96,7 @@ def test_matches_keras_stateful_lstm_across_batches_and_reset(layers: int) -> No
             states[...] = 0.0
         x, y = xs[:, k * T : (k + 1) * T], ys[:, k * T : (k + 1) * T]
         loss, preds, states = ours.train_step(x, y, _full_mask(), states)
-        ref_loss, ref_preds = _reference_step(ref, ref_opt, x, y)
+        ref_loss, ref_preds = _reference_step(ref, ref_opt, x, y, loss_kind)
         np.testing.assert_allclose(preds, ref_preds, atol=1e-5, err_msg=f"batch {k}")
         assert loss == pytest.approx(ref_loss, abs=1e-5), f"batch {k}"
     for w, ref_w in zip(ours.get_weights(), ref.get_weights(), strict=True):
