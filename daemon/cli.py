@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
         "--models",
         type=_columns,
         help="comma-separated subset of lstmd, lstmd_handbuilt, lstmd_stateless, naive, "
-        "seasonal_naive, snarimax, snarimax_seasonal (default: all but lstmd_stateless)",
+        "seasonal_naive, snarimax, snarimax_seasonal, snarimax_seasonal_clipped "
+        "(default: all but lstmd_stateless)",
     )
     evaluate.add_argument("--snarimax-lr", type=float, default=0.001)
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG figures")

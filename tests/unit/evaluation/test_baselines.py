@@ -81,13 +81,22 @@ def test_prequential_order_predicts_before_learning_and_scores_t_against_t_plus_
     np.testing.assert_allclose(errors, 1000.0 + VALUES[pairs.source] - VALUES[pairs.target])
 
 
-def test_river_snarimax_matches_a_direct_river_loop_and_names_its_configuration():
+@pytest.mark.parametrize(
+    ("clip", "regressor_name"),
+    [
+        (None, "LinearRegression(SGD 0.001)"),
+        (0.5, "LinearRegression(SGD 0.001, clip_gradient 0.5)"),
+    ],
+)
+def test_river_snarimax_matches_a_direct_river_loop_and_names_its_configuration(
+    clip: float | None, regressor_name: str
+):
     pytest.importorskip("river")
     from river import linear_model, optim, preprocessing, time_series
 
-    model = RiverSnarimax.seasonal(m=2)
+    model = RiverSnarimax.seasonal(m=2, clip_gradient=clip)
     assert model.describe() == (
-        "River SNARIMAX(3,1,2)(1,0,1)2, StandardScaler | LinearRegression(SGD 0.001), one per key"
+        f"River SNARIMAX(3,1,2)(1,0,1)2, StandardScaler | {regressor_name}, one per key"
     )
     ours = prequential_forecasts(model, KEYS, VALUES, horizon=2)
     for key in ("a", "b"):
@@ -100,7 +109,9 @@ def test_river_snarimax_matches_a_direct_river_loop_and_names_its_configuration(
             sd=0,
             sq=1,
             regressor=preprocessing.StandardScaler()
-            | linear_model.LinearRegression(optimizer=optim.SGD(0.001)),
+            | linear_model.LinearRegression(
+                optimizer=optim.SGD(0.001), **({} if clip is None else {"clip_gradient": clip})
+            ),
         )
         indices = [i for i, k in enumerate(KEYS) if k == key]
         expected = []
@@ -109,5 +120,7 @@ def test_river_snarimax_matches_a_direct_river_loop_and_names_its_configuration(
             expected.append(direct.forecast(horizon=2))
         np.testing.assert_allclose(ours[indices[:-1]], expected[:-1])
     assert make_baseline("snarimax", 7, 0.001).describe().startswith("River SNARIMAX(7,1,7), ")
+    clipped = make_baseline("snarimax_seasonal_clipped", 7, 0.001).describe()
+    assert clipped.startswith("River SNARIMAX(3,1,2)(1,0,1)7, ") and "clip_gradient 1)" in clipped
     with pytest.raises(ValueError, match="unknown baseline"):
         make_baseline("arima", 7, 0.001)
