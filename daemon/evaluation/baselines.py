@@ -159,10 +159,15 @@ class RiverSnarimax:
     def _new(self) -> Any:
         from river import linear_model, optim, preprocessing
 
-        clip = {} if self.clip_gradient is None else {"clip_gradient": self.clip_gradient}
-        regressor = preprocessing.StandardScaler() | linear_model.LinearRegression(
-            optimizer=optim.SGD(self.learning_rate), **clip
+        optimizer = optim.SGD(self.learning_rate)
+        linear = (
+            linear_model.LinearRegression(optimizer=optimizer)
+            if self.clip_gradient is None
+            else linear_model.LinearRegression(
+                optimizer=optimizer, clip_gradient=self.clip_gradient
+            )
         )
+        regressor = preprocessing.StandardScaler() | linear
         return self._time_series.SNARIMAX(**self.order, regressor=regressor)
 
     def forecast(self, key: str, horizon: int) -> np.ndarray:
