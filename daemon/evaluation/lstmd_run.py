@@ -22,8 +22,8 @@ DEFAULT_POLL_EVENTS = 500
 
 
 def horizon_of(settings: Settings) -> int:
-    """Return the model's forecast horizon H (1 until `model.horizon` exists)."""
-    return int(getattr(settings.model, "horizon", 1))
+    """Return the model's forecast horizon H (`model.horizon`)."""
+    return settings.model.horizon
 
 
 def eval_settings(settings: Settings, n_features: int, target_index: tuple[int, ...]) -> Settings:
