@@ -233,9 +233,10 @@ class OnlineLearner:
                 events.location[e], events.spread[e] = location, spread
             else:
                 # Every step h is scaled around the level at t, the naive forecast of each.
-                events.naive[e] = np.repeat(level, self.horizon)
-                events.location[e] = np.repeat(location, self.horizon)
-                events.spread[e] = np.repeat(spread, self.horizon)
+                steps = (self.n_targets, self.horizon)  # views of the rows: no copies
+                events.naive[e].reshape(steps)[...] = level[:, None]
+                events.location[e].reshape(steps)[...] = location[:, None]
+                events.spread[e].reshape(steps)[...] = spread[:, None]
             flags |= FORECAST_MODE | HAS_NAIVE
             self._forecaster.wait(ref, e)
         else:
