@@ -103,6 +103,12 @@ def import_store(
     )
     if arrays["states"].shape != (n, layers, 2, units):
         raise ValueError(f"states have shape {arrays['states'].shape}, expected {n} keys")
+    width = arrays["ev_y"].shape[1:]
+    if width != (n_targets * horizon,):
+        raise ValueError(
+            f"pending events hold {width} target values, this model {n_targets} x "
+            f"model.horizon={horizon}: the state was made with another model.horizon"
+        )
     for key in keys:
         store.add(key)
     rows = np.arange(n)

@@ -10,6 +10,7 @@ from toy_model import ToyModel
 
 from daemon.core.events import Event, Reason
 from daemon.core.learner import OnlineLearner
+from daemon.core.learner_state import export_partition, import_partition
 from daemon.core.prequential import Prequential
 from daemon.core.records import encode_prediction
 from daemon.settings import ModelSettings, Settings, StreamSettings
@@ -177,3 +178,15 @@ def test_prequential_by_hand_for_two_targets():
     assert p.step_maes() == pytest.approx([(1 + 1) / 2, (3 + 5) / 2])
     assert p.step_naive_maes() == pytest.approx([(1 + 10) / 2, (2 + 20) / 2])
     assert p.model_mae == pytest.approx(10 / 4)
+
+
+def test_a_partition_state_of_another_horizon_is_refused_naming_it():
+    three, _ = _learner(_settings(horizon=3))
+    _feed(three, [_event("a", t, float(t)) for t in range(4)])
+    arrays, meta = export_partition(three, 0)
+    one, _ = _learner(_settings(horizon=1))
+    with pytest.raises(ValueError, match=r"model\.horizon"):
+        import_partition(one, arrays, meta, now=0.0)
+    same, _ = _learner(_settings(horizon=3))
+    assert import_partition(same, arrays, meta, now=0.0) == 0
+    assert same.pending_events() == three.pending_events() == 4
