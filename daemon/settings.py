@@ -143,6 +143,14 @@ class ModelSettings(_Section):
     target_index: tuple[int, ...] = Field(
         (0,), description="Forecast mode: which features are the next event's target."
     )
+    # H values per target per forecast. 1000 bounds the prediction message (about 20 B per
+    # value: 20 kB per target) and the events a key holds back waiting for their H successors.
+    horizon: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="H: forecast mode forecasts each target's next H values (supervised: 1).",
+    )
     # 16, 32 and 64 units scored within 0.1 MAE on Birthdays; 16 is the cheapest (README).
     units: int = Field(16, ge=1)
     layers: int = Field(1, ge=1, le=8)
@@ -182,6 +190,7 @@ class ModelSettings(_Section):
                 "n_features",
                 "n_targets",
                 "target_index",
+                "horizon",
                 "units",
                 "layers",
                 "batch_size",
@@ -199,7 +208,8 @@ class ModelSettings(_Section):
 
     def batch_bytes(self) -> int:
         """Return an upper estimate of the memory one train batch needs, in bytes."""
-        per_timestep = self.n_features + self.n_targets + 1 + 8 * self.units * self.layers
+        outputs = self.n_targets * self.horizon
+        per_timestep = self.n_features + outputs + 1 + 8 * self.units * self.layers
         return self.batch_size * self.window * per_timestep * _FLOAT32_BYTES
 
     @model_validator(mode="after")
@@ -209,7 +219,8 @@ class ModelSettings(_Section):
             raise ValueError(
                 f"model.batch_size: with model.window too large, one batch needs about "
                 f"{needed / 2**30:.1f} GiB, the bound is {MAX_BATCH_BYTES / 2**30:g} GiB "
-                "(batch_size x window x (n_features + n_targets + 1 + 8 x units x layers) x 4 B)"
+                "(batch_size x window x (n_features + n_targets x horizon + 1 + 8 x units x layers)"
+                " x 4 B)"
             )
         return self
 

@@ -44,11 +44,12 @@ def waiting_forecasts(flags: np.ndarray) -> np.ndarray:
 class Forecaster:
     """Keep the forecast-mode events waiting for an answer and answer them in batches."""
 
-    def __init__(self, model: InferModel, publish: Publish, n_inputs: int, n_targets: int) -> None:
+    def __init__(self, model: InferModel, publish: Publish, n_inputs: int, n_outputs: int) -> None:
+        """Set up with the model's input width and output width (n_targets × horizon)."""
         self._model = model
         self._publish = publish
         self._rows, self._width = model.infer_shape
-        self._n_inputs, self._n_targets = n_inputs, n_targets
+        self._n_inputs, self._n_outputs = n_inputs, n_outputs
         self.waiting: dict[KeyRef, list[int]] = {}  # per key, in arrival order
         self.calls = 0
 
@@ -115,7 +116,7 @@ class Forecaster:
         return answered
 
     def _infer_batch(self, chunks: list[Job]) -> int:
-        batch = build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_targets)
+        batch = build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
         predictions, states = self._model.infer(batch.x, batch.mask, batch.states)
         self.calls += 1
         answered = 0

@@ -81,6 +81,10 @@ class OnlineLearner:
         self.input_names = input_names(settings)
         self.n_inputs = len(self.input_names)
         self.n_targets = settings.model.n_targets
+        # Forecast mode: each forecast holds the next H values of each target, so the model's
+        # outputs and the pending events' target columns are n_targets × H wide (target-major).
+        self.horizon = settings.model.horizon
+        self.target_width = self.n_targets * self.horizon
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self._scaling = EventScaling(settings)
         self.stores: dict[int, KeyStateStore] = {}
@@ -90,7 +94,7 @@ class OnlineLearner:
         self.resets: Counter[str] = Counter()
         self.untrained = 0  # events that never got a target (end of a sequence) or lost state
         self.trained_events = 0  # timesteps trained on: each accepted event at most once
-        self.prequential = Prequential()  # since start: the demo's and the report's figure
+        self.prequential = Prequential(self.horizon)  # since start: the demo's, the report's
         self.rolling = RollingPrequential(settings.metrics.prequential_window)
         self.nonfinite_losses = 0
         self.consecutive_nonfinite = 0
@@ -106,7 +110,7 @@ class OnlineLearner:
         self._batch_opened_at: float | None = None  # the oldest waiting event's arrival
         self._ready: dict[KeyRef, None] = {}
         self._full: dict[KeyRef, None] = {}
-        self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.n_targets)
+        self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.target_width)
 
     # ---- stores -------------------------------------------------------------------------
 
@@ -121,6 +125,7 @@ class OnlineLearner:
                 self.n_inputs,
                 self.n_targets,
                 derived=self.new_derived(),
+                horizon=self.horizon,
             )
             self.stores[partition] = store
         return store
@@ -167,7 +172,17 @@ class OnlineLearner:
     # ---- ingest -------------------------------------------------------------------------
 
     def ingest(self, event: Event, partition: int, offset: int) -> Rejection | None:
-        """Accept one decoded event; return a rejection if it goes back in time for its key."""
+        """Accept one decoded event; return a rejection if it goes back in time for its key.
+
+        With `model.horizon` H > 1 an event that carries its own target is refused as well: it
+        names one value per target where the model forecasts H.
+        """
+        if event.target is not None and self.horizon > 1:
+            return Rejection(
+                Reason.BAD_TARGET,
+                f"model.horizon={self.horizon} forecasts from the key's own series; an event "
+                "with its own target needs model.horizon=1 (or send it without target)",
+            )
         store = self.store(partition)
         row = store.row_of.get(event.key)
         if row is None:
@@ -200,9 +215,8 @@ class OnlineLearner:
         features = self._scaling.inputs(store, row, event)
         x, location, spread = self._scaling.scale_inputs(store, row, features)
         ti = self._target_index
-        previous = int(store.tail[row])
-        if previous != NO_EVENT and not events.flags[previous] & HAS_Y and not starts_sequence:
-            self._set_target(store, ref, previous, event.features[ti])
+        if not starts_sequence:
+            self._fill_targets(store, ref, event.features[ti])
         e = events.new()
         events.x[e] = x
         events.ts[e] = event.ts
@@ -211,10 +225,18 @@ class OnlineLearner:
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if event.target is None:
             level = event.features[ti]
-            events.naive[e] = level
-            events.location[e], events.spread[e] = self._scaling.forecast_target(
+            location, spread = self._scaling.forecast_target(
                 store, row, level, starts_sequence, location[ti], spread[ti]
             )
+            if self.horizon == 1:
+                events.naive[e] = level
+                events.location[e], events.spread[e] = location, spread
+            else:
+                # Every step h is scaled around the level at t, the naive forecast of each.
+                steps = (self.n_targets, self.horizon)  # views of the rows: no copies
+                events.naive[e].reshape(steps)[...] = level[:, None]
+                events.location[e].reshape(steps)[...] = location[:, None]
+                events.spread[e].reshape(steps)[...] = spread[:, None]
             flags |= FORECAST_MODE | HAS_NAIVE
             self._forecaster.wait(ref, e)
         else:
@@ -230,6 +252,34 @@ class OnlineLearner:
             if self._stream.normalise:
                 store.target_stats.update(row, event.target)
             store.last_target[row] = event.target
+
+    def _fill_targets(self, store: KeyStateStore, ref: KeyRef, value: np.ndarray) -> None:
+        """Hand a new event's target value(s) to the key's events that wait for them.
+
+        The events t before it in its sequence without a complete target take `value` as their
+        step h = (its position − t); the one at h = H becomes trainable.
+        """
+        events = store.events
+        row = ref[1]
+        if self.horizon == 1:
+            previous = int(store.tail[row])
+            if previous != NO_EVENT and not events.flags[previous] & HAS_Y:
+                self._set_target(store, ref, previous, value)
+            return
+        waiting = self._awaiting_targets(store, row)
+        for h, e in enumerate(reversed(waiting), start=1):
+            events.target[e, h - 1 :: self.horizon] = value
+            if h == self.horizon:
+                self._set_target(store, ref, e, events.target[e].copy())
+
+    def _awaiting_targets(self, store: KeyStateStore, row: int) -> list[int]:
+        """Return a key's events still short of their H successors, oldest first (≤ H)."""
+        # Forecast mode (H > 1 admits no other): exactly the events behind the trainable ones.
+        waiting = int(store.pending[row] - store.trainable[row])
+        if not waiting:
+            return []
+        queue = store.queue(row)
+        return queue[len(queue) - waiting :]
 
     def _set_target(self, store: KeyStateStore, ref: KeyRef, e: int, target: np.ndarray) -> None:
         """Make a pending event trainable: its target is now known."""
@@ -249,15 +299,21 @@ class OnlineLearner:
             self._full[ref] = None
 
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
-        """Close a key's current sequence before an event that starts a new one."""
-        tail = int(store.tail[ref[1]])
-        if tail == NO_EVENT or store.events.flags[tail] & HAS_Y:
-            return
-        # Its successor starts a new sequence, so this event never gets a target.
-        if not store.events.flags[tail] & ANSWERED:
-            self.answer_forecasts()
-        store.events.release(store.pop_last(ref[1]))
-        self.untrained += 1
+        """Close a key's current sequence before an event that starts a new one.
+
+        Its events short of their target (the newest one; with H > 1 the newest H − 1 or
+        fewer too) never get it: they are answered, then dropped untrained.
+        """
+        row = ref[1]
+        events = store.events
+        while True:
+            tail = int(store.tail[row])
+            if tail == NO_EVENT or events.flags[tail] & HAS_Y:
+                return
+            if not events.flags[tail] & ANSWERED:
+                self.answer_forecasts()
+            events.release(store.pop_last(row))
+            self.untrained += 1
 
     def _drop_least_recent(self, partition: int, store: KeyStateStore) -> None:
         """Make room in a full store: drop its least recently active keys (1/256 at a time)."""
@@ -319,7 +375,7 @@ class OnlineLearner:
         if not segments:
             return False
         batch = build_train_batch(
-            segments, self.batch_size, self._window, self.n_inputs, self.n_targets
+            segments, self.batch_size, self._window, self.n_inputs, self.target_width
         )
         try:
             self._step(batch)
@@ -433,6 +489,9 @@ class OnlineLearner:
         if key is None:
             raise KeyError(f"row {row} of partition {store.partition} holds no key")
         partition, step, targets = store.partition, self.step, events.target
+        if self.horizon > 1:
+            # One list of H values per target in the message (H = 1 keeps today's flat list).
+            values = values.reshape(len(answered), self.n_targets, self.horizon)
         columns = zip(
             answered,
             (flags & FORECAST_MODE).tolist(),

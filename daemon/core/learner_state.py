@@ -78,12 +78,14 @@ def import_store(
     n_targets: int,
     now: float,
     derived: DerivedFeatures | None = None,
+    horizon: int = 1,
 ) -> tuple[KeyStateStore, dict[str, list[tuple[int, int]]]]:
     """Rebuild a store from `export_store`'s output.
 
     Args:
         derived: empty derived-feature columns when the settings derive features (the saved
             ones are loaded into them), else None.
+        horizon: H of the model; pending events' target columns are n_targets × H wide.
 
     Returns:
         The store and, per wait list ("ready", "full"), [(position, row)] of its keys.
@@ -97,10 +99,16 @@ def import_store(
     while capacity < n:
         capacity *= 2
     store = KeyStateStore(
-        int(meta["partition"]), layers, units, n_inputs, n_targets, capacity, derived
+        int(meta["partition"]), layers, units, n_inputs, n_targets, capacity, derived, horizon
     )
     if arrays["states"].shape != (n, layers, 2, units):
         raise ValueError(f"states have shape {arrays['states'].shape}, expected {n} keys")
+    width = arrays["ev_y"].shape[1:]
+    if width != (n_targets * horizon,):
+        raise ValueError(
+            f"pending events hold {width} target values, this model {n_targets} x "
+            f"model.horizon={horizon}: the state was made with another model.horizon"
+        )
     for key in keys:
         store.add(key)
     rows = np.arange(n)
@@ -171,6 +179,9 @@ def export_learner(learner: OnlineLearner) -> tuple[dict[int, tuple[Arrays, dict
             learner.prequential.count,
         ],
     }
+    if learner.horizon > 1:
+        p = learner.prequential
+        meta["prequential_steps"] = [p.step_model_abs, p.step_naive_abs, p.step_count]
     return parts, meta
 
 
@@ -194,6 +205,7 @@ def import_learner(
             learner.n_targets,
             now,
             learner.new_derived(),
+            learner.horizon,
         )
         stores[partition] = store
         for name, entries in store_waits.items():
@@ -209,6 +221,11 @@ def import_learner(
     learner.prequential.model_abs = float(model_abs)
     learner.prequential.naive_abs = float(naive_abs)
     learner.prequential.count = int(count)
+    if learner.horizon > 1:
+        steps_model, steps_naive, steps_count = meta["prequential_steps"]
+        learner.prequential.step_model_abs = [float(v) for v in steps_model]
+        learner.prequential.step_naive_abs = [float(v) for v in steps_naive]
+        learner.prequential.step_count = [int(v) for v in steps_count]
     learner.adopt(
         stores,
         ready=[ref for _, ref in sorted(waits["ready"])],
@@ -239,7 +256,15 @@ def import_partition(learner: OnlineLearner, arrays: Arrays, meta: dict, now: fl
         raise ValueError(f"partition {partition} is already held by this learner")
     layers, _, _, units = learner.state_shape
     store, waits = import_store(
-        arrays, meta, layers, units, learner.n_inputs, learner.n_targets, now, learner.new_derived()
+        arrays,
+        meta,
+        layers,
+        units,
+        learner.n_inputs,
+        learner.n_targets,
+        now,
+        learner.new_derived(),
+        learner.horizon,
     )
     learner.adopt(
         {partition: store},

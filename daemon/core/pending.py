@@ -58,9 +58,14 @@ class FreeIds:
 class PendingEvents:
     """A pool of pending events with per-key linked queues kept by the caller (head, tail)."""
 
-    def __init__(self, n_inputs: int, n_targets: int, capacity: int = 256) -> None:
+    def __init__(
+        self, n_inputs: int, n_targets: int, capacity: int = 256, horizon: int = 1
+    ) -> None:
         self.n_inputs = n_inputs
         self.n_targets = n_targets
+        # A forecast holds H values per target: the target columns are n_targets × H wide,
+        # laid out target by target (target i, step h at i * H + h - 1).
+        self.width = n_targets * horizon
         self.capacity = 0
         self._free = FreeIds()
         self.live = 0
@@ -70,12 +75,12 @@ class PendingEvents:
         old = self.capacity
         shapes: dict[str, tuple[tuple[int, ...], type]] = {
             "x": ((self.n_inputs,), np.float32),  # normalised model input
-            "y": ((self.n_targets,), np.float32),  # normalised target
-            "target": ((self.n_targets,), np.float64),  # original units
-            "naive": ((self.n_targets,), np.float64),  # naive forecast of the target
-            "location": ((self.n_targets,), np.float64),  # target normalisation, frozen at
-            "spread": ((self.n_targets,), np.float64),  # ingest so that nothing leaks back
-            "prediction": ((self.n_targets,), np.float64),  # original units, once answered
+            "y": ((self.width,), np.float32),  # normalised target
+            "target": ((self.width,), np.float64),  # original units
+            "naive": ((self.width,), np.float64),  # naive forecast of the target
+            "location": ((self.width,), np.float64),  # target normalisation, frozen at
+            "spread": ((self.width,), np.float64),  # ingest so that nothing leaks back
+            "prediction": ((self.width,), np.float64),  # original units, once answered
             "ts": ((), np.float64),
             "offset": ((), np.int64),
             "received_at": ((), np.float64),

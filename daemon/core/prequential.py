@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -98,21 +98,68 @@ class RollingPrequential:
 
 @dataclass(slots=True)
 class Prequential:
-    """Running absolute errors of the model and of the naive forecast on the same events."""
+    """Running absolute errors of the model and of the naive forecast on the same events.
 
+    With a horizon H > 1 the values are also summed per step ahead: a forecast's step h is
+    scored against the value h events later, and errors grow with h.
+
+    Attributes:
+        horizon: H; prediction and target rows are n_targets × H wide, target-major.
+        step_model_abs, step_naive_abs, step_count: per step h at index h − 1 (H > 1 only).
+    """
+
+    horizon: int = 1
     model_abs: float = 0.0
     naive_abs: float = 0.0
     count: int = 0  # scored target values
+    step_model_abs: list[float] = field(default_factory=list)
+    step_naive_abs: list[float] = field(default_factory=list)
+    step_count: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.horizon > 1 and not self.step_count:
+            self.step_model_abs = [0.0] * self.horizon
+            self.step_naive_abs = [0.0] * self.horizon
+            self.step_count = [0] * self.horizon
 
     def add(self, prediction: np.ndarray, naive: np.ndarray, target: np.ndarray) -> None:
-        self.model_abs += float(np.abs(prediction - target).sum())
-        self.naive_abs += float(np.abs(naive - target).sum())
+        """Score predictions and naive forecasts (rows of n_targets × H) against targets."""
+        model_errors = np.abs(prediction - target)
+        naive_errors = np.abs(naive - target)
+        self.model_abs += float(model_errors.sum())
+        self.naive_abs += float(naive_errors.sum())
         self.count += target.size
+        if self.horizon > 1:
+            per_step = target.size // self.horizon
+            model_steps = model_errors.reshape(-1, self.horizon).sum(axis=0)
+            naive_steps = naive_errors.reshape(-1, self.horizon).sum(axis=0)
+            for h in range(self.horizon):
+                self.step_model_abs[h] += float(model_steps[h])
+                self.step_naive_abs[h] += float(naive_steps[h])
+                self.step_count[h] += per_step
 
     @property
     def model_mae(self) -> float:
+        """Return the model's MAE over every scored value (all steps ahead)."""
         return self.model_abs / self.count if self.count else float("nan")
 
     @property
     def naive_mae(self) -> float:
+        """Return the naive forecast's MAE over every scored value."""
         return self.naive_abs / self.count if self.count else float("nan")
+
+    def step_maes(self) -> list[float]:
+        """Return the model's MAE per step ahead h = 1..H (one value, `model_mae`, for H = 1)."""
+        if self.horizon == 1:
+            return [self.model_mae]
+        return _means(self.step_model_abs, self.step_count)
+
+    def step_naive_maes(self) -> list[float]:
+        """Return the naive forecast's MAE per step ahead h = 1..H."""
+        if self.horizon == 1:
+            return [self.naive_mae]
+        return _means(self.step_naive_abs, self.step_count)
+
+
+def _means(sums: list[float], counts: list[int]) -> list[float]:
+    return [a / n if n else float("nan") for a, n in zip(sums, counts, strict=True)]

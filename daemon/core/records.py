@@ -21,6 +21,7 @@ class Prediction:
     partition: int
     offset: int
     mode: str  # "forecast" or "supervised"
+    # [n_targets]; with a horizon H > 1, [n_targets, H]: the next H values of each target.
     prediction: np.ndarray
     target: np.ndarray | None
     step: int
@@ -32,6 +33,13 @@ def _floats(values: Any) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
+def _prediction_json(values: np.ndarray) -> list[Any]:
+    """Return [v, ...] per target (H = 1), or [[v_1, ..., v_H], ...] per target (H > 1)."""
+    if values.ndim == 2:
+        return [_floats(row) for row in values]
+    return _floats(values)
+
+
 def encode_prediction(prediction: Prediction, topic: str) -> bytes:
     """Serialise one prediction as the predictions topic's JSON (DESIGN §7)."""
     record = {
@@ -41,7 +49,7 @@ def encode_prediction(prediction: Prediction, topic: str) -> bytes:
         "source_partition": prediction.partition,
         "source_offset": prediction.offset,
         "mode": prediction.mode,
-        "prediction": _floats(prediction.prediction),
+        "prediction": _prediction_json(prediction.prediction),
         "target": None if prediction.target is None else _floats(prediction.target),
         "model_step": prediction.step,
     }

@@ -59,6 +59,7 @@ class KeyStateStore:
         n_targets: int,
         capacity: int = _INITIAL_ROWS,
         derived: DerivedFeatures | None = None,
+        horizon: int = 1,
     ) -> None:
         self.partition = partition
         self.derived = derived  # the keys' calendar and lag history; None when off
@@ -68,7 +69,7 @@ class KeyStateStore:
         self.keys: list[str | None] = []
         self._free_rows = FreeIds()
         self.capacity = 0
-        self.events = PendingEvents(n_inputs, n_targets)
+        self.events = PendingEvents(n_inputs, n_targets, horizon=horizon)  # H values per target
         self.feature_stats = StatsColumns(n_inputs, 0)
         self.target_stats = StatsColumns(n_targets, 0)  # supervised targets
         self.step_stats = StatsColumns(n_targets, 0)  # forecast: steps of the target level

@@ -65,8 +65,9 @@ def build_keras_model(settings: ModelSettings, n_inputs: int | None = None) -> k
         seq, h, c = lstm(seq, mask=mask, initial_state=[h0, c0])
         initial += [h0, c0]
         final += [h, c]
+    # One output per target and step ahead (target-major): H = `settings.horizon` values each.
     head = keras.layers.Dense(
-        settings.n_targets,
+        settings.n_targets * settings.horizon,
         kernel_initializer=keras.initializers.GlorotUniform(
             seed=settings.seed + 2 * settings.layers
         ),
@@ -98,12 +99,12 @@ HUBER_DELTA = 1.0
 
 
 def masked_loss(kind: str, y: tf.Tensor, preds: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Return the loss over real timesteps and all targets, averaged over real timesteps.
+    """Return the loss over real timesteps and all targets and steps, averaged over real timesteps.
 
     Args:
         kind: "huber" (delta HUBER_DELTA, as `keras.losses.Huber`), "mse" or "mae".
-        y: targets [B, T, n_targets].
-        preds: predictions [B, T, n_targets].
+        y: targets [B, T, n_targets × H].
+        preds: predictions [B, T, n_targets × H].
         mask: [B, T] bool, True on real timesteps.
 
     Returns:
@@ -189,7 +190,8 @@ class StatefulLSTM:
         s = self.settings
         spec = [tf.TensorSpec((rows, steps, self.n_inputs), tf.float32, name="x")]
         if with_targets:
-            spec.append(tf.TensorSpec((rows, steps, s.n_targets), tf.float32, name="y"))
+            outputs = s.n_targets * s.horizon
+            spec.append(tf.TensorSpec((rows, steps, outputs), tf.float32, name="y"))
         spec += [
             tf.TensorSpec((rows, steps), tf.bool, name="mask"),
             tf.TensorSpec((s.layers, 2, rows, s.units), tf.float32, name="states"),
@@ -251,12 +253,12 @@ class StatefulLSTM:
 
         Args:
             x: inputs [B, T, F].
-            y: targets [B, T, n_targets].
+            y: targets [B, T, n_targets × H]; target i, step h at i × H + h − 1.
             mask: [B, T] bool, True on real timesteps (rows left-aligned).
             states: [layers, 2, B, units] states at the start of the batch; not modified.
 
         Returns:
-            The loss, the predictions [B, T, n_targets] of the forward pass before the weight
+            The loss, the predictions [B, T, n_targets × H] of the forward pass before the weight
             update, and the new states. When the loss or any gradient is not finite, the weights
             and the optimizer are left unchanged and the loss returned is NaN.
 
@@ -275,7 +277,7 @@ class StatefulLSTM:
             states: [layers, 2, R, units] states at the start of the window.
 
         Returns:
-            Predictions [R, window + 1, n_targets] and the new states.
+            Predictions [R, window + 1, n_targets × H] and the new states.
 
         Raises:
             ValueError: an argument's shape differs from the settings'.

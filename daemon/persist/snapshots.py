@@ -248,8 +248,14 @@ class SnapshotStore:
         skipped.append((snapshot_id, problem))
 
 
+# Shape settings added after snapshots were first written, with the value an older snapshot was
+# made with: one from before `model.horizon` forecast one step ahead.
+_SHAPE_DEFAULTS: dict[str, Any] = {"horizon": 1}
+
+
 def shape_mismatch(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     """Describe how two model shapes differ, or return "" when they agree."""
+    saved = {**_SHAPE_DEFAULTS, **saved}
     differences = [
         f"model.{name}={saved.get(name)!r} (settings say {value!r})"
         for name, value in wanted.items()

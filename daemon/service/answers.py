@@ -176,4 +176,8 @@ class Answers:
             "trained_events": learner.trained_events,
             "time": time.time(),
         }
+        if learner.horizon > 1:
+            # Errors grow with the step ahead: one figure over all steps would hide which.
+            fields["prequential_mae_per_step"] = learner.prequential.step_maes()
+            fields["naive_mae_per_step"] = learner.prequential.step_naive_maes()
         self._publisher.send(self._kafka.metrics_topic, None, encode_metrics(fields))

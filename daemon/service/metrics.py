@@ -279,6 +279,7 @@ class DaemonMetrics:
                 "batch_size": str(model.batch_size),
                 "window": str(model.window),
                 "n_features": str(model.n_features),
+                "horizon": str(model.horizon),
             }
         )
 

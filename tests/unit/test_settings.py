@@ -134,3 +134,18 @@ def test_derived_feature_settings_default_to_auto_and_refuse_bad_seasons(monkeyp
         monkeypatch.setenv("LSTMD_STREAM__SEASONS", bad)
         with pytest.raises(SettingsError, match=r"stream\.seasons"):
             load_settings()
+
+
+def test_horizon_defaults_to_one_counts_in_the_shape_and_refuses_bad_values(monkeypatch):
+    settings = load_settings()
+    assert settings.model.horizon == 1 and settings.model.shape()["horizon"] == 1
+    monkeypatch.setenv("LSTMD_MODEL__HORIZON", "3")
+    three = load_settings().model
+    assert three.horizon == 3 and three.shape()["horizon"] == 3
+    # Outputs per timestep grow with H: n_targets x H of the batch's estimated bytes.
+    assert three.batch_bytes() - settings.model.batch_bytes() == 2 * 32 * 4 * 4
+    for bad in ("0", "-1", "1001", "three"):
+        monkeypatch.setenv("LSTMD_MODEL__HORIZON", bad)
+        with pytest.raises(SettingsError) as caught:
+            load_settings()
+        assert str(caught.value).startswith("invalid setting model.horizon")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from toy_model import ToyModel
 
+from daemon.core.derived import input_names
 from daemon.evaluation.lstmd_run import first_target_steps, lstmd_forecasts
 from daemon.evaluation.scoring import error_summary, pair_errors, scored_pairs
 from daemon.settings import ModelSettings, Settings, StreamSettings
@@ -45,3 +46,33 @@ def test_first_target_steps_reads_one_or_h_values_per_target():
     assert first_target_steps(two_targets_three_steps, 2, 3).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="neither"):
         first_target_steps(np.zeros((3, 2)), 2, 3)
+
+
+def test_with_a_horizon_every_event_gets_h_forecasts_scored_per_step_like_the_learner():
+    keys = [k for _ in range(30) for k in ("a", "b", "c")]
+    values = np.array([50.0 + 10 * np.sin(i / 3) for i in range(len(keys))])
+    settings = Settings(
+        model=ModelSettings(n_features=2, batch_size=2, window=4, horizon=3),
+        stream=StreamSettings(max_batch_wait_ms=0),
+    )
+    run = lstmd_forecasts(
+        settings,
+        _messages(keys, values),
+        poll_events=7,
+        # One toy output per step ahead: the model's n_targets x H.
+        model_factory=lambda s: ToyModel(2, len(input_names(s)), n_targets=3),
+    )
+    assert run.forecasts.shape == (len(keys), 3) and np.isfinite(run.forecasts).all()
+    # The learner scores the events with all three successors; so does this, per step.
+    full = scored_pairs(keys, 3).source
+    expected = []
+    for h in (1, 2, 3):
+        later = {int(s): int(t) for s, t in zip(*_pairs(keys, h), strict=True)}
+        truth = values[[later[int(t)] for t in full]]
+        expected.append(float(np.mean(np.abs(run.forecasts[full, h - 1] - truth))))
+    assert run.facts["learner_mae_per_step"] == pytest.approx(expected)
+
+
+def _pairs(keys, h):
+    pairs = scored_pairs(keys, h)
+    return pairs.source, pairs.target

@@ -11,7 +11,7 @@ from daemon.model.lstm import build_model
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
 
-def _settings(batch_size=4, window=3, learning_rate=0.05, **stream):
+def _settings(batch_size=4, window=3, learning_rate=0.05, horizon=1, **stream):
     stream.setdefault("max_batch_wait_ms", 0)
     return Settings(
         model=ModelSettings(
@@ -23,6 +23,7 @@ def _settings(batch_size=4, window=3, learning_rate=0.05, **stream):
             infer_batch_size=batch_size,
             window=window,
             learning_rate=learning_rate,
+            horizon=horizon,
         ),
         stream=StreamSettings(**stream),
     )
@@ -86,6 +87,27 @@ def test_changing_event_t_plus_1_does_not_change_the_forecast_for_t(poll):
         np.testing.assert_array_equal(base[offset].prediction, other[offset].prediction)
     assert not np.array_equal(base[t_next].prediction, other[t_next].prediction)
     assert t < t_next
+
+
+@pytest.mark.parametrize("poll", [1, 4])
+def test_with_a_horizon_no_forecast_depends_on_a_later_event(poll, horizon=3):
+    # Derived features stay on (the defaults: calendar and auto lags), and keys train on
+    # targets up to H events ahead: still, changing any one event of key "a" changes no
+    # forecast published before it arrived, and no other key's forecast before it either.
+    settings = _settings(batch_size=3, horizon=horizon)
+    assert settings.stream.derived_calendar and settings.stream.seasons == "auto"
+    keys = ["a", "b", "c", "d", "e"]
+    events = _series(keys, days=14)
+    base = _feed(_learner(settings)[0], events, poll)
+    assert base[0].prediction.shape == (1, horizon)
+    for day in (4, 6, 9):
+        t = next(i for i, e in enumerate(events) if e.key == "a" and e.ts == day)
+        changed = list(events)
+        changed[t] = _event("a", day, 500.0)
+        other = _feed(_learner(settings)[0], changed, poll)
+        for offset in range(t):
+            np.testing.assert_array_equal(base[offset].prediction, other[offset].prediction)
+        assert not np.array_equal(base[t].prediction, other[t].prediction)
 
 
 def test_a_key_ends_with_the_same_state_whichever_keys_share_its_steps():

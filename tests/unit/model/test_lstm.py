@@ -30,9 +30,11 @@ def _settings(layers: int = 1, **overrides) -> ModelSettings:
     return ModelSettings(**{**values, **overrides})
 
 
-def _batch(rng: np.random.Generator, steps: int = T) -> tuple[np.ndarray, np.ndarray]:
+def _batch(
+    rng: np.random.Generator, steps: int = T, outputs: int = N_TARGETS
+) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(B, steps, F)).astype(np.float32)
-    y = rng.normal(size=(B, steps, N_TARGETS)).astype(np.float32)
+    y = rng.normal(size=(B, steps, outputs)).astype(np.float32)
     return x, y
 
 
@@ -56,7 +58,8 @@ def _reference(settings: ModelSettings) -> keras.Model:
     seq = inputs
     for _ in range(settings.layers):
         seq = keras.layers.LSTM(settings.units, stateful=True, return_sequences=True)(seq)
-    return keras.Model(inputs, keras.layers.Dense(settings.n_targets)(seq))
+    outputs = settings.n_targets * settings.horizon
+    return keras.Model(inputs, keras.layers.Dense(outputs)(seq))
 
 
 REFERENCE_LOSSES = {
@@ -75,9 +78,14 @@ def _reference_step(ref: keras.Model, optimizer, x: np.ndarray, y: np.ndarray, l
     return float(loss), preds.numpy()
 
 
-@pytest.mark.parametrize(("layers", "loss_kind"), [(1, "huber"), (2, "huber"), (1, "mse")])
-def test_matches_keras_stateful_lstm_across_batches_and_reset(layers: int, loss_kind: str) -> None:
-    settings = _settings(layers=layers, loss=loss_kind)
+@pytest.mark.parametrize(
+    ("layers", "horizon", "loss_kind"),
+    [(1, 1, "huber"), (2, 1, "huber"), (1, 3, "huber"), (1, 1, "mse")],
+)
+def test_matches_keras_stateful_lstm_across_batches_and_reset(
+    layers: int, horizon: int, loss_kind: str
+) -> None:
+    settings = _settings(layers=layers, horizon=horizon, loss=loss_kind)
     ours = StatefulLSTM(settings)
     ref = _reference(settings)
     ref.set_weights(ours.get_weights())
@@ -86,7 +94,7 @@ def test_matches_keras_stateful_lstm_across_batches_and_reset(layers: int, loss_
     )
     rng = np.random.default_rng(layers)
     # One stream per row, cut into consecutive batches: states must carry across the cuts.
-    xs, ys = _batch(rng, steps=5 * T)
+    xs, ys = _batch(rng, steps=5 * T, outputs=N_TARGETS * horizon)
     states = ours.zero_states()
     for k in range(5):
         if k == 3:

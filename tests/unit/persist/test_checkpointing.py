@@ -6,27 +6,34 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from daemon.core.events import Event
 from daemon.core.learner import OnlineLearner
 from daemon.model.export import export_snapshot
 from daemon.model.lstm import build_model
 from daemon.persist.checkpointing import Checkpointer
-from daemon.persist.snapshots import SnapshotStore
+from daemon.persist.snapshots import ShapeMismatch, SnapshotStore
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
 
-def _settings():
+def _settings(horizon=1):
     return Settings(
         model=ModelSettings(
-            n_features=2, units=6, batch_size=3, infer_batch_size=3, window=3, deterministic=True
+            n_features=2,
+            units=6,
+            batch_size=3,
+            infer_batch_size=3,
+            window=3,
+            deterministic=True,
+            horizon=horizon,
         ),
         stream=StreamSettings(max_batch_wait_ms=0),
     )
 
 
-def _parts(directory):
-    settings = _settings()
+def _parts(directory, horizon=1):
+    settings = _settings(horizon)
     model = build_model(settings)
     learner = OnlineLearner(settings, model, clock=lambda: 0.0)
     return (
@@ -52,19 +59,20 @@ def _feed(learner, events, start=0):
     learner.take_outbox()
 
 
-def test_restored_daemon_trains_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_restored_daemon_trains_to_the_same_weights_as_an_uninterrupted_one(tmp_path, horizon):
     events = _events()
     cut = 33
-    straight_model, straight, _ = _parts(tmp_path / "a")
+    straight_model, straight, _ = _parts(tmp_path / "a", horizon)
     _feed(straight, events)
 
-    model, learner, checkpointer = _parts(tmp_path / "b")
+    model, learner, checkpointer = _parts(tmp_path / "b", horizon)
     _feed(learner, events[:cut])
     info = checkpointer.save({0: cut, 1: cut})
     assert info.valid and info.offsets == {0: cut, 1: cut}
     assert {"store-0.npz", "store-1.npz"} <= set(info.manifest["files"])
 
-    model2, learner2, checkpointer2 = _parts(tmp_path / "b")
+    model2, learner2, checkpointer2 = _parts(tmp_path / "b", horizon)
     restored, skipped = checkpointer2.restore()
     assert restored.snapshot_id == info.snapshot_id and skipped == []
     for a, b in zip(model2.get_weights(), model.get_weights(), strict=True):
@@ -78,6 +86,31 @@ def test_restored_daemon_trains_to_the_same_weights_as_an_uninterrupted_one(tmp_
         np.testing.assert_allclose(a, b, atol=1e-6)
     for key in {e.key for e in events}:
         np.testing.assert_allclose(learner2.key_state(key), straight.key_state(key), atol=1e-6)
+    assert learner2.prequential.step_count == straight.prequential.step_count
+    np.testing.assert_allclose(
+        learner2.prequential.step_maes(), straight.prequential.step_maes(), rtol=1e-6
+    )
+
+
+def test_a_snapshot_of_another_horizon_is_refused_naming_it(tmp_path):
+    _, learner, checkpointer = _parts(tmp_path / "snaps", horizon=3)
+    _feed(learner, _events()[:20])
+    checkpointer.save({0: 20, 1: 20})
+    _, _, other = _parts(tmp_path / "snaps", horizon=1)
+    with pytest.raises(ShapeMismatch, match=r"model\.horizon=3 \(settings say 1\)"):
+        other.restore()
+
+
+def test_a_snapshot_from_before_the_horizon_setting_loads_as_h_1(tmp_path):
+    _, learner, checkpointer = _parts(tmp_path / "snaps")
+    _feed(learner, _events()[:20])
+    info = checkpointer.save({0: 20, 1: 20})
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    del manifest["model"]["horizon"]  # as an older version wrote it
+    (info.path / "manifest.json").write_text(json.dumps(manifest))
+    _, fresh, fresh_checkpointer = _parts(tmp_path / "snaps")
+    restored, skipped = fresh_checkpointer.restore()
+    assert restored is not None and skipped == [] and fresh.step == learner.step
 
 
 def test_export_loads_with_plain_keras_and_predicts_like_the_daemon(tmp_path):

@@ -120,8 +120,11 @@ def test_consumer_lag_is_clamped_at_zero_and_forgets_revoked_partitions(metrics)
 
 def test_build_and_model_info(metrics):
     assert _value(metrics, "lstmd_build_info", version=__version__) == 1
-    metrics.set_model_info(ModelSettings(units=8, layers=2, batch_size=4, window=6, n_features=3))
+    metrics.set_model_info(
+        ModelSettings(units=8, layers=2, batch_size=4, window=6, n_features=3, horizon=5)
+    )
     labels = {"units": "8", "layers": "2", "batch_size": "4", "window": "6", "n_features": "3"}
+    labels["horizon"] = "5"
     assert _value(metrics, "lstmd_model_info", **labels) == 1
 
 
