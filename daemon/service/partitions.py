@@ -179,12 +179,34 @@ class PartitionMoves:
             extra={"partition": partition, "expected": expected, "actual": offset, "cause": cause},
         )
 
+    def _import(self, partition: int, state: PartitionState) -> bool:
+        """Load a partition's state from the state topic whole, or skip it with a warning."""
+        self._learner.drop_partition(partition)
+        try:
+            import_partition(self._learner, *unpack_keys(state), self._clock())
+        except ValueError as exc:
+            # Written under other settings (a shape, the horizon): never half-loaded.
+            self._learner.drop_partition(partition)
+            log.warning(
+                "partition state skipped",
+                extra={"partition": partition, "offset": state.offset, "reason": str(exc)},
+            )
+            return False
+        return True
+
     def _restore(self, partition: int, state: PartitionState | None) -> None:
         local = self._checkpoint.processed.get(partition)
+        started = time.perf_counter()
+        imported = None
         if state is not None and (local is None or state.offset > local):
-            started = time.perf_counter()
-            self._learner.drop_partition(partition)
-            import_partition(self._learner, *unpack_keys(state), self._clock())
+            imported = self._import(partition, state)
+            if not imported:
+                # The local state was dropped for the import: start empty where the group's
+                # committed offset says, not from the older local offset (its records were
+                # answered already).
+                self._checkpoint.forget([partition])
+                local = None
+        if imported and state is not None:
             seconds = time.perf_counter() - started
             self._metrics.partition_restore_duration.observe(seconds)
             self._checkpoint.adopt(partition, state.offset, durable=True)
