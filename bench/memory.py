@@ -6,10 +6,14 @@ Run: .venv/bin/python bench/memory.py [--keys 1000000] [--max-keys 1000000] [--u
 In-process, no broker: `OnlineLearner` + the real model (B=32, default T, `--units` units, one
 layer, F=2, forecast mode), fed `Event`s directly the way the runner does: `ingest` per event,
 then `end_of_poll` and `take_outbox` every `--poll` events (predictions are dropped, as if
-published). Every key gets one event; every other key a second one 40 keys later. Each key then
-sits idle in the store holding its newest event (waiting for a successor). RSS (VmRSS of
-/proc/self/status) is printed every `--every` events. With `--max-keys` at or above `--keys`,
-the end figure is the RSS per idle key; with a smaller cap the RSS must stay flat once reached.
+published). Every key gets one event; every other key a second one 40 keys later. After every
+poll the batch closes (as `max_batch_wait_ms` would, but deterministically): every trainable
+event is trained on, so each key then sits idle in the store holding only its newest event
+(answered, waiting for the successor that brings its target), as an idle key of a live stream
+does. RSS (VmRSS of /proc/self/status) is printed every `--every` events. With `--max-keys` at
+or above `--keys`, the end figure is the RSS per idle key, followed by a breakdown of the bytes
+the learner's arrays and key map hold per key; with a smaller cap the RSS must stay flat once
+reached.
 """
 
 from __future__ import annotations
@@ -41,6 +45,46 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def end_poll(learner: OnlineLearner) -> None:
+    """End a poll: answer forecasts, then train every trainable event (the batch closes)."""
+    learner.end_of_poll()
+    while learner.train():
+        pass
+    learner.take_outbox()
+
+
+def _arrays(owner: object) -> int:
+    """Return the bytes of the numpy arrays an object holds in its attributes (not nested)."""
+    names = getattr(owner, "__slots__", None) or vars(owner)
+    values = [getattr(owner, name, None) for name in names]
+    values += list(getattr(owner, "_arrays", {}).values())  # DerivedFeatures keeps a dict
+    return sum(v.nbytes for v in values if isinstance(v, np.ndarray))
+
+
+def breakdown(learner: OnlineLearner) -> dict[str, int]:
+    """Return the bytes the stores hold, by part: rows, statistics, events, free lists, keys."""
+    parts = dict.fromkeys(
+        ("store rows", "statistics", "derived features", "pending events", "free-id stacks"), 0
+    )
+    parts["key map (str, int, dict)"] = 0
+    parts["row -> key list"] = 0
+    for store in learner.stores.values():
+        parts["store rows"] += _arrays(store)
+        for stats in (store.feature_stats, store.target_stats, store.step_stats):
+            parts["statistics"] += _arrays(stats)
+        if store.derived is not None:
+            parts["derived features"] += _arrays(store.derived)
+        parts["pending events"] += _arrays(store.events)
+        for free in (store._free_rows, store.events._free):
+            parts["free-id stacks"] += _arrays(free)
+        keys = store.row_of
+        parts["key map (str, int, dict)"] += sys.getsizeof(keys) + sum(
+            sys.getsizeof(k) + sys.getsizeof(r) for k, r in keys.items()
+        )
+        parts["row -> key list"] += sys.getsizeof(store.keys)
+    return parts
 
 
 def events(n_keys: int, n_features: int):
@@ -87,16 +131,14 @@ def main() -> int:
         count += 1
         keys_seen += new_key
         if count % args.poll == 0:
-            learner.end_of_poll()
-            learner.take_outbox()
+            end_poll(learner)
         if count % args.every == 0:
             print(
                 f"{count:10,d} {keys_seen:9,d} {learner.keys_in_store():9,d} {rss_mb():8.0f} "
                 f"{learner.resets['dropped']:9,d} {time.perf_counter() - started:6.0f}",
                 flush=True,
             )
-    learner.end_of_poll()
-    learner.take_outbox()
+    end_poll(learner)
     gc.collect()
     end_mb = rss_mb()
     held = learner.keys_in_store()
@@ -104,7 +146,13 @@ def main() -> int:
         f"end: {count:,} events, {held:,} keys held ({learner.pending_events():,} pending "
         f"events), RSS {end_mb:.0f} MB, {learner.resets['dropped']:,} dropped"
     )
-    print(f"RSS per key held: {(end_mb - start_mb) * 1024 * 1024 / max(held, 1):,.0f} bytes")
+    per_key = (end_mb - start_mb) * 1024 * 1024 / max(held, 1)
+    print(f"RSS per key held: {per_key:,.0f} bytes; of which (allocated bytes / keys held):")
+    parts = breakdown(learner)
+    for name, size in parts.items():
+        print(f"  {name:<28s} {size / max(held, 1):8,.1f}")
+    rest = per_key - sum(parts.values()) / max(held, 1)
+    print(f"  {'rest (allocator, Python)':<28s} {rest:8,.1f}")
     return 0
 
 
