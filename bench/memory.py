@@ -12,7 +12,8 @@ event is trained on, so each key then sits idle in the store holding only its ne
 (answered, waiting for the successor that brings its target), as an idle key of a live stream
 does. RSS (VmRSS of /proc/self/status) is printed every `--every` events. With `--max-keys` at
 or above `--keys`, the end figure is the RSS per idle key, followed by a breakdown of the bytes
-the learner's arrays and key map hold per key; with a smaller cap the RSS must stay flat once
+the learner's arrays and key map hold per key (rows in use; the rest is spare capacity and the
+allocator's); with a smaller cap the RSS must stay flat once
 reached.
 """
 
@@ -55,36 +56,53 @@ def end_poll(learner: OnlineLearner) -> None:
     learner.take_outbox()
 
 
-def _arrays(owner: object) -> int:
-    """Return the bytes of the numpy arrays an object holds in its attributes (not nested)."""
+def _row_bytes(owner: object) -> int:
+    """Return the bytes per row of the row-indexed numpy arrays an object holds."""
     names = getattr(owner, "__slots__", None) or vars(owner)
     values = [getattr(owner, name, None) for name in names]
     values += list(getattr(owner, "_arrays", {}).values())  # DerivedFeatures keeps a dict
-    return sum(v.nbytes for v in values if isinstance(v, np.ndarray))
+    values += list(getattr(owner, "_by_mode", {}).values())  # the store's per-mode columns
+    return sum(v.nbytes // len(v) for v in values if isinstance(v, np.ndarray) and len(v))
 
 
-def breakdown(learner: OnlineLearner) -> dict[str, int]:
-    """Return the bytes the stores hold, by part: rows, statistics, events, free lists, keys."""
-    parts = dict.fromkeys(
-        ("store rows", "statistics", "derived features", "pending events", "free-id stacks"), 0
-    )
-    parts["key map (str, int, dict)"] = 0
-    parts["row -> key list"] = 0
+def breakdown(learner: OnlineLearner) -> dict[str, float]:
+    """Return the bytes per key held of each part of the stores (used rows, not capacity)."""
+    parts: dict[str, float] = {}
+
+    def add(name: str, size: float) -> None:
+        parts[name] = parts.get(name, 0.0) + size
+
+    held = max(learner.keys_in_store(), 1)
     for store in learner.stores.values():
-        parts["store rows"] += _arrays(store)
+        share = len(store) / held
+        add("store rows", _row_bytes(store) * share)
         for stats in (store.feature_stats, store.target_stats, store.step_stats):
-            parts["statistics"] += _arrays(stats)
+            if getattr(stats, "allocated", True):
+                add("statistics", _row_bytes(stats) * share)
         if store.derived is not None:
-            parts["derived features"] += _arrays(store.derived)
-        parts["pending events"] += _arrays(store.events)
+            add("derived features", _row_bytes(store.derived) * share)
+        add("pending events", _row_bytes(store.events) * store.events.live / held)
         for free in (store._free_rows, store.events._free):
-            parts["free-id stacks"] += _arrays(free)
+            add("free-id stacks", free._ids.nbytes / held)
         keys = store.row_of
-        parts["key map (str, int, dict)"] += sys.getsizeof(keys) + sum(
-            sys.getsizeof(k) + sys.getsizeof(r) for k, r in keys.items()
-        )
-        parts["row -> key list"] += sys.getsizeof(store.keys)
+        strings = sum(sys.getsizeof(k) for k in store.keys if k is not None)
+        if isinstance(keys, dict):
+            table = sys.getsizeof(keys) + sum(sys.getsizeof(r) for r in keys.values())
+        else:
+            table = keys._slots.buffer_info()[1] * keys._slots.itemsize + keys._added.nbytes
+        add("key strings", strings / held)
+        add("key table (+ row ints)", table / held)
+        add("row -> key list", sys.getsizeof(store.keys) / held)
     return parts
+
+
+def warm_up(settings: Settings, model) -> None:
+    """Trace the model's train and inference steps on a throwaway learner: their one-off
+    memory (graphs, buffers) must not count as the keys'."""
+    learner = OnlineLearner(settings, model)
+    for i, (_, event) in enumerate(events(200, 2)):
+        learner.ingest(event, 0, i)
+    end_poll(learner)
 
 
 def events(n_keys: int, n_features: int):
@@ -115,11 +133,13 @@ def main() -> int:
         stream=StreamSettings(max_keys=args.max_keys, max_batch_wait_ms=0, **derived),
     )
     model = build_model(settings)
+    warm_up(settings, model)
     learner = OnlineLearner(settings, model)
     gc.collect()
     start_mb = rss_mb()
     print(
-        f"model built, RSS {start_mb:.0f} MB; {args.keys:,} keys, cap {args.max_keys:,}, "
+        f"model built and traced, RSS {start_mb:.0f} MB; {args.keys:,} keys, "
+        f"cap {args.max_keys:,}, "
         f"{args.units} units, inputs {learner.input_names}"
     )
     print(f"{'events':>10s} {'keys':>9s} {'in store':>9s} {'RSS MB':>8s} {'dropped':>9s} {'s':>6s}")
@@ -147,12 +167,12 @@ def main() -> int:
         f"events), RSS {end_mb:.0f} MB, {learner.resets['dropped']:,} dropped"
     )
     per_key = (end_mb - start_mb) * 1024 * 1024 / max(held, 1)
-    print(f"RSS per key held: {per_key:,.0f} bytes; of which (allocated bytes / keys held):")
+    print(f"RSS per key held: {per_key:,.0f} bytes; of which (bytes of the rows in use / keys):")
     parts = breakdown(learner)
     for name, size in parts.items():
-        print(f"  {name:<28s} {size / max(held, 1):8,.1f}")
-    rest = per_key - sum(parts.values()) / max(held, 1)
-    print(f"  {'rest (allocator, Python)':<28s} {rest:8,.1f}")
+        print(f"  {name:<28s} {size:8,.1f}")
+    rest = per_key - sum(parts.values())
+    print(f"  {'rest (spare rows, allocator)':<28s} {rest:8,.1f}")
     return 0
 
 

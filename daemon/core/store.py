@@ -17,6 +17,7 @@ from enum import StrEnum
 import numpy as np
 
 from daemon.core.derived import DerivedFeatures
+from daemon.core.keymap import KeyMap
 from daemon.core.pending import ANSWERED, HAS_Y, ID_DTYPE, MAX_IDS, NO_EVENT, FreeIds, PendingEvents
 from daemon.core.scaling import StatsColumns
 
@@ -75,8 +76,8 @@ class KeyStateStore:
         self.derived = derived  # the keys' calendar and lag history; None when off
         self.layers, self.units = layers, units
         self.n_inputs, self.n_targets = n_inputs, n_targets
-        self.row_of: dict[str, int] = {}
-        self.keys: list[str | None] = []
+        self.row_of = KeyMap()
+        self.keys = self.row_of.keys  # row -> key (None: a free row)
         self._free_rows = FreeIds()
         self._by_mode: dict[str, np.ndarray] = {}  # _BY_MODE columns, once used
         self.capacity = 0
@@ -155,11 +156,7 @@ class KeyStateStore:
         if not self._free_rows:
             self._grow(2 * self.capacity)
         row = self._free_rows.pop()
-        self.row_of[key] = row
-        if row == len(self.keys):  # a fresh row (they come in ascending order)
-            self.keys.append(key)
-        else:
-            self.keys[row] = key
+        self.row_of.insert(key, row)
         self.last_ts[row] = math.nan
         self.head[row] = self.tail[row] = NO_EVENT
         for values in self._by_mode.values():
@@ -183,15 +180,14 @@ class KeyStateStore:
         if key is None:
             raise KeyError(f"row {row} holds no key")
         events = self.events.chain(int(self.head[row]))
-        del self.row_of[key]
-        self.keys[row] = None
+        self.row_of.remove(key)
         self._clear(row)
         self._free_rows.push(row)
         return events
 
     def least_recent(self, count: int) -> list[int]:
         """Return the rows of the `count` least recently active keys."""
-        rows = np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))
+        rows = self.row_of.rows()
         if count >= len(rows):
             return rows.tolist()
         stamps = self.last_active[rows]
@@ -205,7 +201,7 @@ class KeyStateStore:
 
     def live_rows(self) -> np.ndarray:
         """Return the rows in use, in the order keys were added (for snapshots)."""
-        return np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))
+        return self.row_of.rows()
 
     # ---- pending events ---------------------------------------------------------------------
 
