@@ -110,6 +110,27 @@ class KeyMap:
         self._added[row] = self._counter
         self._live += 1
 
+    def extend(self, keys: list[str]) -> None:
+        """Map distinct new keys to the next rows, in order, with one rebuild (for restores).
+
+        Raises:
+            ValueError: the map has free rows, holds one of the keys, or they repeat.
+        """
+        start = len(self.keys)
+        if self._live != start:
+            raise ValueError("extend needs a map without free rows")
+        if len(set(keys)) != len(keys) or (self._live and any(key in self for key in keys)):
+            raise ValueError("extend takes distinct keys the map does not hold")
+        self.keys.extend(keys)
+        if len(self.keys) > len(self._added):
+            grown = np.zeros(len(self.keys), np.int64)
+            grown[: len(self._added)] = self._added
+            self._added = grown
+        self._added[start:] = np.arange(self._counter + 1, self._counter + 1 + len(keys))
+        self._counter += len(keys)
+        self._live += len(keys)
+        self._rebuild()
+
     def remove(self, key: str) -> int:
         """Forget a key; return the row it had.
 

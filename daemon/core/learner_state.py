@@ -110,8 +110,7 @@ def import_store(
     )
     if arrays["states"].shape != (n, layers, 2, units):
         raise ValueError(f"states have shape {arrays['states'].shape}, expected {n} keys")
-    for key in keys:
-        store.add(key)
+    store.add_all(keys)
     rows = np.arange(n)
     for name in _ROW_COLUMNS:
         getattr(store, name)[:n] = arrays[name]

@@ -163,6 +163,25 @@ class KeyStateStore:
             values[row] = math.nan
         return row
 
+    def add_all(self, keys: list[str]) -> None:
+        """Give distinct new keys rows 0, 1, ... of an empty store, in order (for restores)."""
+        if len(self) or len(self.keys):
+            raise ValueError("add_all fills an empty store")
+        capacity = self.capacity
+        while capacity < len(keys):
+            capacity *= 2
+        if capacity > self.capacity:
+            self._grow(capacity)
+        for row in range(len(keys)):
+            if self._free_rows.pop() != row:
+                raise RuntimeError("a fresh store hands out rows in order")
+        self.row_of.extend(keys)
+        rows = slice(0, len(keys))
+        self.last_ts[rows] = math.nan
+        self.head[rows] = self.tail[rows] = NO_EVENT
+        for values in self._by_mode.values():
+            values[rows] = math.nan
+
     def _clear(self, row: int) -> None:
         """Give a dropped key's row the values of a new key's (zeros; `add` sets the rest)."""
         self.states[row] = 0.0

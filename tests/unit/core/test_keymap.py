@@ -67,3 +67,19 @@ def test_misuse_is_refused():
         keys["b"]
     assert "b" not in keys and 3 not in keys
     assert np.array_equal(keys.rows(), [0])
+
+
+def test_extend_maps_keys_to_the_next_rows_in_order():
+    keys = KeyMap()
+    keys.insert("a", 0)
+    keys.extend([f"k{i}" for i in range(100)])
+    assert keys["a"] == 0 and keys["k99"] == 100 and list(keys)[:2] == ["a", "k0"]
+    keys.insert("b", 101)
+    assert list(keys)[-1] == "b" and len(keys) == 102
+    with pytest.raises(ValueError, match="distinct"):
+        keys.extend(["x", "x"])
+    with pytest.raises(ValueError, match="distinct"):
+        keys.extend(["a"])
+    keys.remove("a")
+    with pytest.raises(ValueError, match="free rows"):
+        keys.extend(["y"])
