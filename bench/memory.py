@@ -20,6 +20,7 @@ reached.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import sys
@@ -46,6 +47,15 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def malloc_trim() -> float | None:
+    """Return RSS MB after glibc returns the free heap it holds to the system (None: no glibc)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return rss_mb()
 
 
 def end_poll(learner: OnlineLearner) -> None:
@@ -173,6 +183,12 @@ def main() -> int:
         print(f"  {name:<28s} {size:8,.1f}")
     rest = per_key - sum(parts.values())
     print(f"  {'rest (spare rows, allocator)':<28s} {rest:8,.1f}")
+    trimmed = malloc_trim()
+    if trimmed is not None:
+        print(
+            f"after malloc_trim(0) (heap the allocator held free): RSS {trimmed:.0f} MB, "
+            f"{(trimmed - start_mb) * 1024 * 1024 / max(held, 1):,.0f} bytes per key"
+        )
     return 0
 
 

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from daemon.core import pages
+
 EMPTY = -1  # a slot never used since the last rebuild: a probe stops here
 DELETED = -2  # a slot whose key was removed: a probe passes over it
 # Slots in use (live or deleted) per slot before the table is rebuilt: linear probing needs
@@ -99,9 +101,8 @@ class KeyMap:
         if row == len(self.keys):
             self.keys.append(key)
             if row >= len(self._added):
-                grown = np.zeros(max(_MIN_SLOTS, 2 * len(self._added)), np.int64)
-                grown[: len(self._added)] = self._added
-                self._added = grown  # fresh zero pages: spare rows cost no RSS
+                # Fresh zero pages: spare rows cost no RSS.
+                self._added = pages.grown(self._added, max(_MIN_SLOTS, 2 * len(self._added)))
         elif self.keys[row] is None:
             self.keys[row] = key
         else:
@@ -123,9 +124,7 @@ class KeyMap:
             raise ValueError("extend takes distinct keys the map does not hold")
         self.keys.extend(keys)
         if len(self.keys) > len(self._added):
-            grown = np.zeros(len(self.keys), np.int64)
-            grown[: len(self._added)] = self._added
-            self._added = grown
+            self._added = pages.grown(self._added, len(self.keys))
         self._added[start:] = np.arange(self._counter + 1, self._counter + 1 + len(keys))
         self._counter += len(keys)
         self._live += len(keys)

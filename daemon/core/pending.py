@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from daemon.core import pages
+
 # Flag bits of `flags`.
 HAS_Y = 1  # the target is known: the event is trainable
 HAS_NAIVE = 2  # a naive forecast exists to score the model against
@@ -101,10 +103,8 @@ class PendingEvents:
         }
         for name, (tail, dtype) in shapes.items():
             # Fresh zero pages cost no RSS until a row is written: spare capacity is free.
-            grown: np.ndarray = np.zeros((capacity, *tail), dtype=dtype)
-            if old:
-                grown[:old] = getattr(self, name)
-            setattr(self, name, grown)
+            existing = getattr(self, name) if old else np.zeros((0, *tail), dtype)
+            setattr(self, name, pages.grown(existing, capacity))
         self.x: np.ndarray
         self.y: np.ndarray
         self.target: np.ndarray

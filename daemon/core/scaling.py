@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from daemon.core import pages
+
 # Normalised values are clipped to ±CLIP_SIGMAS: a rare flag or a first outlier of a key whose
 # spread is still unknown must not blow up the LSTM's inputs or the loss.
 CLIP_SIGMAS = 10.0
@@ -44,9 +46,9 @@ class StatsColumns:
         return self._count is not None
 
     def _allocate(self) -> None:
-        self._count = np.zeros(self.capacity, dtype=np.int64)
-        self._mean = np.zeros((self.capacity, self.size), dtype=np.float64)
-        self._m2 = np.zeros((self.capacity, self.size), dtype=np.float64)
+        self._count = pages.zeros((self.capacity,), np.int64)
+        self._mean = pages.zeros((self.capacity, self.size), np.float64)
+        self._m2 = pages.zeros((self.capacity, self.size), np.float64)
 
     @property
     def count(self) -> np.ndarray:
@@ -76,11 +78,8 @@ class StatsColumns:
         if self._count is None:
             return
         for name in ("_count", "_mean", "_m2"):
-            values = getattr(self, name)
             # Fresh zero pages: the spare rows cost no RSS until keys take them.
-            grown = np.zeros((capacity, *values.shape[1:]), dtype=values.dtype)
-            grown[:old] = values
-            setattr(self, name, grown)
+            setattr(self, name, pages.grown(getattr(self, name)[:old], capacity))
 
     def clear(self, row: int) -> None:
         """Forget a row's observations."""

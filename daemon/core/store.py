@@ -4,9 +4,9 @@ Pure (numpy only). A key → row map points into arrays that hold, per key, its 
 per layer), the state its forecasts run ahead on, its normalisation statistics, its last event
 time and values, and the head and tail of its queue of pending events (`PendingEvents`). Gathering
 any B keys' states is one indexed copy, and an idle key costs little more than its raw bytes.
-Arrays grow by doubling into fresh zero pages, which cost no RSS until a key's row is written, so
-the spare half of a doubling is free; rows of dropped keys are reused. Columns only one mode uses
-(the last supervised target; the last forecast level) are allocated on first use.
+Arrays grow by doubling into fresh zero pages (`pages`), which cost no RSS until a key's row is
+written, so the spare half of a doubling is free; rows of dropped keys are reused. Columns only
+one mode uses (the last supervised target; the last forecast level) are allocated on first use.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from daemon.core import pages
 from daemon.core.derived import DerivedFeatures
 from daemon.core.keymap import KeyMap
 from daemon.core.pending import ANSWERED, HAS_Y, ID_DTYPE, MAX_IDS, NO_EVENT, FreeIds, PendingEvents
@@ -25,12 +26,6 @@ _INITIAL_ROWS = 64
 # Columns of [n_targets] float64 that only one mode reads, so a store of the other mode never
 # allocates them (16 bytes per key at one target).
 _BY_MODE = ("last_level", "last_target")
-
-
-def _grown(values: np.ndarray, capacity: int) -> np.ndarray:
-    grown = np.zeros((capacity, *values.shape[1:]), dtype=values.dtype)
-    grown[: len(values)] = values
-    return grown
 
 
 class ResetReason(StrEnum):
@@ -109,9 +104,10 @@ class KeyStateStore:
             "trainable": ((), np.int32),  # leading events whose target is known
         }
         for name, (tail, dtype) in columns.items():
-            setattr(self, name, _grown(getattr(self, name, np.zeros((0, *tail), dtype)), capacity))
+            existing: np.ndarray = getattr(self, name, np.zeros((0, *tail), dtype))
+            setattr(self, name, pages.grown(existing, capacity))
         for name, values in self._by_mode.items():
-            self._by_mode[name] = _grown(values, capacity)
+            self._by_mode[name] = pages.grown(values, capacity)
         self.states: np.ndarray
         self.ahead: np.ndarray
         self.last_ts: np.ndarray
@@ -130,7 +126,8 @@ class KeyStateStore:
     def _mode_column(self, name: str) -> np.ndarray:
         values = self._by_mode.get(name)
         if values is None:  # first use: every row, in use or spare, has no value yet
-            values = np.full((self.capacity, self.n_targets), math.nan)
+            values = pages.zeros((self.capacity, self.n_targets), np.float64)
+            values[...] = math.nan
             self._by_mode[name] = values
         return values
 

@@ -84,3 +84,15 @@ def test_event_ids_are_int32_and_the_pool_grows_keeping_events():
     assert events.next.dtype == np.int32 and events.next[ids[0]] == NO_EVENT
     events.release(ids[1])
     assert events.new() == ids[1] and events.live == 3
+
+
+def test_large_columns_live_on_their_own_zero_pages_and_grow_keeping_values():
+    from daemon.core import pages
+
+    small = pages.zeros((10, 2), np.float32)
+    large = pages.zeros((300_000, 2), np.float64)  # 4.8 MB: its own mapping
+    assert large.flags.writeable and not large.any() and isinstance(small, np.ndarray)
+    large[7] = 3.0
+    bigger = pages.grown(large, 600_000)
+    assert bigger.shape == (600_000, 2) and bigger[7].tolist() == [3.0, 3.0]
+    assert float(bigger.sum()) == 6.0
