@@ -1,9 +1,10 @@
 """The key-state store of one input partition: every key's state as rows of contiguous arrays.
 
-Pure (numpy only). A key → row map points into arrays that hold, per key, its LSTM state (h and c
-per layer), the state its forecasts run ahead on, its normalisation statistics, its last event
-time and values, and the head and tail of its queue of pending events (`PendingEvents`). Gathering
-any B keys' states is one indexed copy, and an idle key costs little more than its raw bytes.
+Pure (numpy only). A key → row map (`KeyMap`, a hash table in flat arrays) points into arrays
+that hold, per key, its LSTM state (h and c per layer), the state its forecasts run ahead on, its
+normalisation statistics, its last event time and values, and the head and tail of its queue of
+pending events (`PendingEvents`). Gathering any B keys' states is one indexed copy, and an idle
+key costs little more than its raw bytes.
 Arrays grow by doubling into fresh zero pages (`pages`), which cost no RSS until a key's row is
 written, so the spare half of a doubling is free; rows of dropped keys are reused. Columns only
 one mode uses (the last supervised target; the last forecast level) are allocated on first use.
