@@ -72,7 +72,8 @@ def _row_bytes(owner: object) -> int:
     values = [getattr(owner, name, None) for name in names]
     values += list(getattr(owner, "_arrays", {}).values())  # DerivedFeatures keeps a dict
     values += list(getattr(owner, "_by_mode", {}).values())  # the store's per-mode columns
-    return sum(v.nbytes // len(v) for v in values if isinstance(v, np.ndarray) and len(v))
+    unique = {id(v): v for v in values if isinstance(v, np.ndarray) and len(v)}  # no aliases
+    return sum(v.nbytes // len(v) for v in unique.values())
 
 
 def breakdown(learner: OnlineLearner) -> dict[str, float]:
