@@ -21,7 +21,10 @@ from daemon.core.store import KeyStateStore
 
 Arrays = dict[str, np.ndarray]
 
-_ROW_COLUMNS = ("states", "ahead", "last_ts", "last_level", "last_target", "last_active")
+_ROW_COLUMNS = ("states", "ahead", "last_ts", "last_active")
+# Columns a store allocates on first use (see KeyStateStore.mode_columns): saved as NaN when
+# never used, so that the snapshot layout does not depend on the mode.
+_MODE_COLUMNS = ("last_level", "last_target")
 _EVENT_COLUMNS = (
     "x",
     "y",
@@ -47,6 +50,12 @@ def export_store(store: KeyStateStore, ranks: dict[str, dict[int, int]]) -> tupl
     """
     rows = store.live_rows()
     arrays: Arrays = {name: getattr(store, name)[rows] for name in _ROW_COLUMNS}
+    used = store.mode_columns()
+    for name in _MODE_COLUMNS:
+        column = used.get(name)
+        arrays[name] = (
+            np.full((len(rows), store.n_targets), np.nan) if column is None else column[rows]
+        )
     for prefix, attribute in _STATS.items():
         count, mean, m2 = getattr(store, attribute).to_arrays(rows)
         arrays.update({f"{prefix}_count": count, f"{prefix}_mean": mean, f"{prefix}_m2": m2})
@@ -109,11 +118,13 @@ def import_store(
             f"pending events hold {width} target values, this model {n_targets} x "
             f"model.horizon={horizon}: the state was made with another model.horizon"
         )
-    for key in keys:
-        store.add(key)
+    store.add_all(keys)
     rows = np.arange(n)
     for name in _ROW_COLUMNS:
         getattr(store, name)[:n] = arrays[name]
+    for name in _MODE_COLUMNS:
+        if not np.isnan(arrays[name]).all():  # a column never used stays unallocated
+            getattr(store, name)[:n] = arrays[name]
     for prefix, attribute in _STATS.items():
         getattr(store, attribute).put(
             rows, arrays[f"{prefix}_count"], arrays[f"{prefix}_mean"], arrays[f"{prefix}_m2"]

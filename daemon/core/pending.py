@@ -4,12 +4,15 @@ Every key holds a queue of pending events (oldest first). An idle key in forecas
 holds one, its newest event, waiting for the successor that brings its target, so a Python
 object per pending event would cost an idle key hundreds of bytes. Instead every field is one
 column of an array indexed by an event id, and each key's queue is a linked list through `next`.
-Ids are recycled through a free list; the arrays grow by doubling.
+Ids are recycled through a free list; the arrays grow by doubling, and the spare rows cost no
+RSS until used (fresh zero pages).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from daemon.core import pages
 
 # Flag bits of `flags`.
 HAS_Y = 1  # the target is known: the event is trainable
@@ -19,38 +22,54 @@ FORECAST_MODE = 8  # no `target` in the event: its target is its successor's fea
 ANSWERED = 16  # its prediction was published
 
 NO_EVENT = -1
+# Ids (of events and of store rows) are int32: 2**31 pending events would take ~190 GB, so the
+# range is never the limit, and an idle key holds three ids (its queue's head and tail, and its
+# event's `next`).
+ID_DTYPE = np.int32
+MAX_IDS = int(np.iinfo(ID_DTYPE).max)
 
 
 class FreeIds:
-    """A stack of free ids in one int64 array (a Python list costs ~36 bytes per id, not 8)."""
+    """Free ids of a pool of `capacity`: ids given back (a stack) and those never handed out.
+
+    Only ids given back take memory (4 bytes each in an int32 array; a Python list costs ~36
+    bytes per id): a pool that grows without dropping anything keeps no free list at all. Ids
+    given back are handed out first, newest first, then the fresh ones in ascending order.
+    """
 
     def __init__(self) -> None:
-        self._ids = np.empty(0, np.int64)
+        self._ids = np.empty(0, np.int32)
         self._top = 0
+        self._fresh = 0  # the lowest id never handed out
+        self._capacity = 0
 
     def __len__(self) -> int:
-        return self._top
-
-    def _reserve(self, size: int) -> None:
-        if size > len(self._ids):
-            grown = np.empty(max(size, 2 * len(self._ids)), np.int64)
-            grown[: self._top] = self._ids[: self._top]
-            self._ids = grown
+        return self._top + self._capacity - self._fresh
 
     def add_range(self, start: int, stop: int) -> None:
-        """Make ids start..stop-1 free; `start` is handed out first."""
-        self._reserve(self._top + stop - start)
-        self._ids[self._top : self._top + stop - start] = np.arange(stop - 1, start - 1, -1)
-        self._top += stop - start
+        """Make ids start..stop-1 free, handed out in ascending order after the given-back ones.
+
+        Raises:
+            ValueError: the range does not continue the pool, or passes the int32 id range.
+        """
+        if start != self._capacity or stop > MAX_IDS:
+            raise ValueError(f"ids {start}..{stop} do not extend a pool of {self._capacity}")
+        self._capacity = stop
 
     def pop(self) -> int:
         """Take a free id (the caller checks `len` first)."""
-        self._top -= 1
-        return int(self._ids[self._top])
+        if self._top:
+            self._top -= 1
+            return int(self._ids[self._top])
+        self._fresh += 1
+        return self._fresh - 1
 
     def push(self, free: int) -> None:
         """Give an id back."""
-        self._reserve(self._top + 1)
+        if self._top == len(self._ids):
+            grown = np.empty(max(16, 2 * len(self._ids)), np.int32)
+            grown[: self._top] = self._ids[: self._top]
+            self._ids = grown
         self._ids[self._top] = free
         self._top += 1
 
@@ -85,13 +104,12 @@ class PendingEvents:
             "offset": ((), np.int64),
             "received_at": ((), np.float64),
             "flags": ((), np.uint8),
-            "next": ((), np.int64),
+            "next": ((), ID_DTYPE),
         }
         for name, (tail, dtype) in shapes.items():
-            grown: np.ndarray = np.zeros((capacity, *tail), dtype=dtype)
-            if old:
-                grown[:old] = getattr(self, name)
-            setattr(self, name, grown)
+            # Fresh zero pages cost no RSS until a row is written: spare capacity is free.
+            existing = getattr(self, name) if old else np.zeros((0, *tail), dtype)
+            setattr(self, name, pages.grown(existing, capacity))
         self.x: np.ndarray
         self.y: np.ndarray
         self.target: np.ndarray
@@ -110,7 +128,7 @@ class PendingEvents:
     def new(self) -> int:
         """Return a free event id (its fields hold stale values: the caller sets every one)."""
         if not self._free:
-            self._allocate(max(256, 2 * self.capacity))
+            self._allocate(min(MAX_IDS, max(256, 2 * self.capacity)))
         event = self._free.pop()
         self.next[event] = NO_EVENT
         self.flags[event] = 0

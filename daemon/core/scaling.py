@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from daemon.core import pages
+
 # Normalised values are clipped to ±CLIP_SIGMAS: a rare flag or a first outlier of a key whose
 # spread is still unknown must not blow up the LSTM's inputs or the loss.
 CLIP_SIGMAS = 10.0
@@ -20,28 +22,69 @@ class StatsColumns:
     """Running mean and variance (Welford) of a vector per row: one row per stream key.
 
     Rows of contiguous arrays instead of an object per key: an idle key costs its bytes only,
-    and a snapshot saves the arrays as they are.
+    and a snapshot saves the arrays as they are. The arrays are allocated on the first
+    observation: a store keeps target statistics (supervised) and step statistics (forecast),
+    and a stream of one mode never pays for the other's.
+
+    Dtypes: `count` is int64 because a key can see more than 2**31 events in a long run; mean
+    and M2 are float64, the precision Welford's update needs to stay stable over long runs (the
+    float32 inputs and model do not need it; the statistics do).
     """
 
-    __slots__ = ("count", "m2", "mean", "size")
+    __slots__ = ("_count", "_m2", "_mean", "capacity", "size")
 
     def __init__(self, size: int, capacity: int) -> None:
         self.size = size
-        self.count = np.zeros(capacity, dtype=np.int64)
-        self.mean = np.zeros((capacity, size), dtype=np.float64)
-        self.m2 = np.zeros((capacity, size), dtype=np.float64)
+        self.capacity = capacity
+        self._count: np.ndarray | None = None
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    @property
+    def allocated(self) -> bool:
+        """Say whether any row has been written (before that, every row has no observation)."""
+        return self._count is not None
+
+    def _allocate(self) -> None:
+        self._count = pages.zeros((self.capacity,), np.int64)
+        self._mean = pages.zeros((self.capacity, self.size), np.float64)
+        self._m2 = pages.zeros((self.capacity, self.size), np.float64)
+
+    @property
+    def count(self) -> np.ndarray:
+        """Observations per row (allocates the columns on first use)."""
+        if self._count is None:
+            self._allocate()
+        return self._count  # type: ignore[return-value]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Running mean per row (allocates the columns on first use)."""
+        if self._mean is None:
+            self._allocate()
+        return self._mean  # type: ignore[return-value]
+
+    @property
+    def m2(self) -> np.ndarray:
+        """Sum of squared deviations per row (allocates the columns on first use)."""
+        if self._m2 is None:
+            self._allocate()
+        return self._m2  # type: ignore[return-value]
 
     def grow(self, capacity: int) -> None:
         """Make room for `capacity` rows, keeping the existing ones."""
-        old = len(self.count)
-        for name in ("count", "mean", "m2"):
-            values = getattr(self, name)
-            grown = np.zeros((capacity, *values.shape[1:]), dtype=values.dtype)
-            grown[:old] = values
-            setattr(self, name, grown)
+        old = self.capacity
+        self.capacity = capacity
+        if self._count is None:
+            return
+        for name in ("_count", "_mean", "_m2"):
+            # Fresh zero pages: the spare rows cost no RSS until keys take them.
+            setattr(self, name, pages.grown(getattr(self, name)[:old], capacity))
 
     def clear(self, row: int) -> None:
         """Forget a row's observations."""
+        if self._count is None:
+            return
         self.count[row] = 0
         self.mean[row] = 0.0
         self.m2[row] = 0.0
@@ -74,10 +117,10 @@ class StatsColumns:
 
     def scale(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Return a row's (location, spread) used to normalise; (0, 1) before any observation."""
-        count = int(self.count[row])
-        mean = self.mean[row]
+        count = 0 if self._count is None else int(self._count[row])
         if count == 0:
             return np.zeros(self.size), np.ones(self.size)
+        mean = self.mean[row]
         if count == 1:
             # One value says nothing about spread: use the level itself as the scale.
             return mean.copy(), np.maximum(np.abs(mean), 1.0)
@@ -86,10 +129,15 @@ class StatsColumns:
 
     def to_arrays(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return copies of (count, mean, m2) of `rows`, for snapshots."""
+        if self._count is None:
+            n = len(rows)
+            return np.zeros(n, np.int64), np.zeros((n, self.size)), np.zeros((n, self.size))
         return self.count[rows], self.mean[rows], self.m2[rows]
 
     def put(self, rows: np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
-        """Load saved statistics into `rows`."""
+        """Load saved statistics into `rows` (a column never observed stays unallocated)."""
+        if self._count is None and not np.any(count):
+            return
         self.count[rows] = count
         self.mean[rows] = mean
         self.m2[rows] = m2

@@ -1,10 +1,13 @@
 """The key-state store of one input partition: every key's state as rows of contiguous arrays.
 
-Pure (numpy only). A key → row map points into arrays that hold, per key, its LSTM state (h and c
-per layer), the state its forecasts run ahead on, its normalisation statistics, its last event
-time and values, and the head and tail of its queue of pending events (`PendingEvents`). Gathering
-any B keys' states is one indexed copy, and an idle key costs little more than its raw bytes.
-Arrays grow by doubling; rows of dropped keys are reused.
+Pure (numpy only). A key → row map (`KeyMap`, a hash table in flat arrays) points into arrays
+that hold, per key, its LSTM state (h and c per layer), the state its forecasts run ahead on, its
+normalisation statistics, its last event time and values, and the head and tail of its queue of
+pending events (`PendingEvents`). Gathering any B keys' states is one indexed copy, and an idle
+key costs little more than its raw bytes.
+Arrays grow by doubling into fresh zero pages (`pages`), which cost no RSS until a key's row is
+written, so the spare half of a doubling is free; rows of dropped keys are reused. Columns only
+one mode uses (the last supervised target; the last forecast level) are allocated on first use.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ from enum import StrEnum
 
 import numpy as np
 
+from daemon.core import pages
 from daemon.core.derived import DerivedFeatures
-from daemon.core.pending import ANSWERED, HAS_Y, NO_EVENT, FreeIds, PendingEvents
+from daemon.core.keymap import KeyMap
+from daemon.core.pending import ANSWERED, HAS_Y, ID_DTYPE, MAX_IDS, NO_EVENT, FreeIds, PendingEvents
 from daemon.core.scaling import StatsColumns
 
 _INITIAL_ROWS = 64
+# Columns of [n_targets] float64 that only one mode reads, so a store of the other mode never
+# allocates them (16 bytes per key at one target).
+_BY_MODE = ("last_level", "last_target")
 
 
 class ResetReason(StrEnum):
@@ -65,9 +73,10 @@ class KeyStateStore:
         self.derived = derived  # the keys' calendar and lag history; None when off
         self.layers, self.units = layers, units
         self.n_inputs, self.n_targets = n_inputs, n_targets
-        self.row_of: dict[str, int] = {}
-        self.keys: list[str | None] = []
+        self.row_of = KeyMap()
+        self.keys = self.row_of.keys  # row -> key (None: a free row)
         self._free_rows = FreeIds()
+        self._by_mode: dict[str, np.ndarray] = {}  # _BY_MODE columns, once used
         self.capacity = 0
         self.events = PendingEvents(n_inputs, n_targets, horizon=horizon)  # H values per target
         self.feature_stats = StatsColumns(n_inputs, 0)
@@ -79,29 +88,31 @@ class KeyStateStore:
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
+        if capacity > MAX_IDS:
+            raise ValueError(f"a store holds at most {MAX_IDS} keys; set stream.max_keys lower")
         state_row = (self.layers, 2, self.units)
-        columns: dict[str, tuple[tuple[int, ...], type, float]] = {
-            "states": (state_row, np.float32, 0.0),  # committed: what training continues from
-            "ahead": (state_row, np.float32, 0.0),  # after the answered pending events
-            "last_ts": ((), np.float64, math.nan),
-            "last_level": ((self.n_targets,), np.float64, math.nan),  # forecast: last target
-            "last_target": ((self.n_targets,), np.float64, math.nan),  # supervised
-            "last_active": ((), np.int64, 0),
-            "head": ((), np.int64, NO_EVENT),
-            "tail": ((), np.int64, NO_EVENT),
-            "pending": ((), np.int32, 0),  # events in the queue
-            "trainable": ((), np.int32, 0),  # leading events whose target is known
+        # Every column is zeros until `add` writes a row's defaults (NaN times, no events): fresh
+        # zero pages cost no RSS, so the rows a doubling adds are free until keys take them.
+        # Ids and counts are int32 (see pending.ID_DTYPE); the recency stamp counts every event
+        # of the learner, which can pass 2**31 in days, so it stays int64.
+        columns: dict[str, tuple[tuple[int, ...], type]] = {
+            "states": (state_row, np.float32),  # committed: what training continues from
+            "ahead": (state_row, np.float32),  # after the answered pending events
+            "last_ts": ((), np.float64),
+            "last_active": ((), np.int64),
+            "head": ((), ID_DTYPE),
+            "tail": ((), ID_DTYPE),
+            "pending": ((), np.int32),  # events in the queue
+            "trainable": ((), np.int32),  # leading events whose target is known
         }
-        for name, (tail, dtype, fill) in columns.items():
-            grown: np.ndarray = np.full((capacity, *tail), fill, dtype=dtype)
-            if old:
-                grown[:old] = getattr(self, name)
-            setattr(self, name, grown)
+        for name, (tail, dtype) in columns.items():
+            existing: np.ndarray = getattr(self, name, np.zeros((0, *tail), dtype))
+            setattr(self, name, pages.grown(existing, capacity))
+        for name, values in self._by_mode.items():
+            self._by_mode[name] = pages.grown(values, capacity)
         self.states: np.ndarray
         self.ahead: np.ndarray
         self.last_ts: np.ndarray
-        self.last_level: np.ndarray
-        self.last_target: np.ndarray
         self.last_active: np.ndarray
         self.head: np.ndarray
         self.tail: np.ndarray
@@ -111,9 +122,30 @@ class KeyStateStore:
             stats.grow(capacity)
         if self.derived is not None:
             self.derived.grow(capacity)
-        self.keys.extend([None] * (capacity - old))
         self._free_rows.add_range(old, capacity)
         self.capacity = capacity
+
+    def _mode_column(self, name: str) -> np.ndarray:
+        values = self._by_mode.get(name)
+        if values is None:  # first use: every row, in use or spare, has no value yet
+            values = pages.zeros((self.capacity, self.n_targets), np.float64)
+            values[...] = math.nan
+            self._by_mode[name] = values
+        return values
+
+    @property
+    def last_level(self) -> np.ndarray:
+        """Forecast mode ("difference" scaling): each key's last target level; NaN: none."""
+        return self._mode_column("last_level")
+
+    @property
+    def last_target(self) -> np.ndarray:
+        """Supervised mode: each key's last target (its naive forecast); NaN: none."""
+        return self._mode_column("last_target")
+
+    def mode_columns(self) -> dict[str, np.ndarray]:
+        """Return the per-mode columns allocated so far (the others hold NaN in every row)."""
+        return dict(self._by_mode)
 
     def __len__(self) -> int:
         return len(self.row_of)
@@ -123,18 +155,37 @@ class KeyStateStore:
         if not self._free_rows:
             self._grow(2 * self.capacity)
         row = self._free_rows.pop()
-        self.row_of[key] = row
-        self.keys[row] = key
+        self.row_of.insert(key, row)
+        self.last_ts[row] = math.nan
+        self.head[row] = self.tail[row] = NO_EVENT
+        for values in self._by_mode.values():
+            values[row] = math.nan
         return row
 
+    def add_all(self, keys: list[str]) -> None:
+        """Give distinct new keys rows 0, 1, ... of an empty store, in order (for restores)."""
+        if len(self) or len(self.keys):
+            raise ValueError("add_all fills an empty store")
+        capacity = self.capacity
+        while capacity < len(keys):
+            capacity *= 2
+        if capacity > self.capacity:
+            self._grow(capacity)
+        for row in range(len(keys)):
+            if self._free_rows.pop() != row:
+                raise RuntimeError("a fresh store hands out rows in order")
+        self.row_of.extend(keys)
+        rows = slice(0, len(keys))
+        self.last_ts[rows] = math.nan
+        self.head[rows] = self.tail[rows] = NO_EVENT
+        for values in self._by_mode.values():
+            values[rows] = math.nan
+
     def _clear(self, row: int) -> None:
+        """Give a dropped key's row the values of a new key's (zeros; `add` sets the rest)."""
         self.states[row] = 0.0
         self.ahead[row] = 0.0
-        self.last_ts[row] = math.nan
-        self.last_level[row] = math.nan
-        self.last_target[row] = math.nan
         self.last_active[row] = 0
-        self.head[row] = self.tail[row] = NO_EVENT
         self.pending[row] = self.trainable[row] = 0
         for stats in (self.feature_stats, self.target_stats, self.step_stats):
             stats.clear(row)
@@ -147,15 +198,14 @@ class KeyStateStore:
         if key is None:
             raise KeyError(f"row {row} holds no key")
         events = self.events.chain(int(self.head[row]))
-        del self.row_of[key]
-        self.keys[row] = None
+        self.row_of.remove(key)
         self._clear(row)
         self._free_rows.push(row)
         return events
 
     def least_recent(self, count: int) -> list[int]:
         """Return the rows of the `count` least recently active keys."""
-        rows = np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))
+        rows = self.row_of.rows()
         if count >= len(rows):
             return rows.tolist()
         stamps = self.last_active[rows]
@@ -169,7 +219,7 @@ class KeyStateStore:
 
     def live_rows(self) -> np.ndarray:
         """Return the rows in use, in the order keys were added (for snapshots)."""
-        return np.fromiter(self.row_of.values(), dtype=np.int64, count=len(self.row_of))
+        return self.row_of.rows()
 
     # ---- pending events ---------------------------------------------------------------------
 

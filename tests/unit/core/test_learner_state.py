@@ -182,3 +182,48 @@ def test_one_partition_moves_to_another_learner_and_continues_there_exactly():
         np.testing.assert_array_equal(
             moved.feature_stats.mean[moved.row_of[key]], reference.feature_stats.mean[row]
         )
+
+
+def _one_mode_events(supervised: bool):
+    rng = np.random.default_rng(11)
+    return [
+        Event(
+            f"k{k}",
+            float(day),
+            rng.normal(size=2) * (k + 1),
+            np.array([rng.normal()]) if supervised else None,
+        )
+        for day in range(10)
+        for k in range(4)
+    ]
+
+
+@pytest.mark.parametrize("supervised", [False, True], ids=["forecast", "supervised"])
+def test_one_mode_stream_never_allocates_the_other_modes_columns_and_restores_exactly(
+    supervised,
+):
+    # A store allocates the columns only one mode reads on first use; a snapshot saves the
+    # unused ones as NaN and a restore must leave them unallocated and continue exactly.
+    events = _one_mode_events(supervised)
+    cut = 17
+    straight = _learner()
+    straight_out = _feed(straight, events)
+    first = _learner()
+    first_out = _feed(first, events[:cut])
+    resumed = _round_trip(first)
+    resumed_out = _feed(resumed, events[cut:], start=cut)
+    for learner in (straight, resumed):
+        learner.drain()
+        for store in learner.stores.values():
+            unused = "last_level" if supervised else "last_target"
+            assert unused not in store.mode_columns()
+            assert not (store.step_stats if supervised else store.target_stats).allocated
+    before = {p.offset: p.prediction for p in straight_out}
+    after = {p.offset: p.prediction for p in first_out + resumed_out}
+    assert sorted(after) == sorted(before)
+    for offset, prediction in before.items():
+        np.testing.assert_array_equal(after[offset], prediction)
+    for partition, store in straight.stores.items():
+        other = resumed.stores[partition]
+        for key, row in store.row_of.items():
+            np.testing.assert_array_equal(other.states[other.row_of[key]], store.states[row])
