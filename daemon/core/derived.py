@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from daemon.core import pages
 from daemon.settings import Settings
 
 MINUTE_S = 60.0
@@ -143,14 +144,17 @@ class DerivedFeatures:
         return names + [f"{label}[{t}]" for label in labels for t in range(self.n_targets)]
 
     def _empty(self, capacity: int) -> dict[str, np.ndarray]:
+        # Zero pages (core/pages.py): the spare rows of a doubling cost no RSS until used.
         return {
-            "history": np.zeros((capacity, self.longest, self.n_targets), np.float32),
-            "count": np.zeros(capacity, np.int64),  # values observed; ring position = count % L
-            "last_ts": np.zeros(capacity, np.float64),
-            "gaps": np.zeros((capacity, CADENCE_GAPS), np.float64),
-            "gap_count": np.zeros(capacity, np.int64),
-            "cadence": np.zeros(capacity, np.float64),  # seconds; 0 = not known yet
-            "lags": np.zeros((capacity, self.slots), np.int64),  # per slot its season; 0 = unused
+            "history": pages.zeros((capacity, self.longest, self.n_targets), np.float32),
+            "count": pages.zeros((capacity,), np.int64),  # values seen; ring position = count % L
+            "last_ts": pages.zeros((capacity,), np.float64),
+            "gaps": pages.zeros((capacity, CADENCE_GAPS), np.float64),
+            "gap_count": pages.zeros((capacity,), np.int64),
+            "cadence": pages.zeros((capacity,), np.float64),  # seconds; 0 = not known yet
+            "lags": pages.zeros(
+                (capacity, self.slots), np.int64
+            ),  # per slot its season; 0 = unused
         }
 
     def _bind(self) -> None:
