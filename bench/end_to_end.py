@@ -312,7 +312,7 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
 
 # What each category is: the nearest enclosing frame among these functions decides.
 CATEGORIES = [
-    ("consume", "kafka_io.py", "poll"),
+    ("consume", "consumer.py", "poll"),
     ("decode", "events.py", "decode_event"),
     ("inference: TF", "lstm.py", "infer"),
     ("inference: batch build", "batching.py", "build_infer_batch"),
@@ -323,8 +323,8 @@ CATEGORIES = [
     ("ingest/store", "learner.py", "ingest"),
     ("publish: encode", "records.py", "encode_prediction"),
     ("publish: encode", "end_to_end.py", "encode_prediction"),
-    ("publish: producer.send", "kafka_io.py", "send"),
-    ("publish: flush (acks)", "kafka_io.py", "flush"),
+    ("publish: producer.send", "publisher.py", "send"),
+    ("publish: flush (acks)", "publisher.py", "flush"),
     ("metrics", "runner.py", "_record_learning"),
     ("publish: other", "runner.py", "_publish"),
     ("snapshot", "runner.py", "snapshot"),

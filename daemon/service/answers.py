@@ -30,7 +30,7 @@ RECORD_OVERHEAD_BYTES = 512
 
 
 class Sink(Protocol):
-    """The producer (`daemon.edges.kafka_io.Publisher`)."""
+    """The producer (`daemon.edges.publisher.Publisher`)."""
 
     truncated: int
     failed_by_topic: Counter[str]
