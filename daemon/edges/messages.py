@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 PartitionKey = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One record as read from Kafka, before any decoding."""
+class RawMessage(NamedTuple):
+    """One record as read from Kafka, before any decoding.
+
+    A NamedTuple, not a frozen dataclass: one is built per consumed record, and a tuple is built
+    about 4x faster than a frozen dataclass sets its seven fields.
+    """
 
     topic: str
     partition: int
@@ -23,13 +25,14 @@ class RawMessage:
 
 def raw_message(record: Any) -> RawMessage:
     """Return a kafka-python `ConsumerRecord` as a `RawMessage`."""
+    headers = record.headers
     return RawMessage(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        timestamp_ms=record.timestamp,
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        record.timestamp,
         # A null header value is legal on the wire; downstream wants bytes.
-        headers=tuple((name, value or b"") for name, value in record.headers or ()),
+        tuple((name, value or b"") for name, value in headers) if headers else (),
     )

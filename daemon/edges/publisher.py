@@ -38,10 +38,20 @@ RECORD_OVERHEAD_BYTES = 512
 # its records are dropped as undeliverable in between.
 PRODUCER_MAX_BLOCK_MS = 10_000
 UNKNOWN_TOPIC_RECHECK_S = 30.0
+# A record's outcome is read from its future in bulk (at `flush`, or once this many records are
+# in flight) rather than by two callbacks per record on the producer's I/O thread: those made
+# lstmd's send about 1.35x a bare producer's and took the GIL from the loop for every record.
+# 10,000 records' futures hold ~3 MB; a poll's records are far fewer.
+SETTLE_EVERY_RECORDS = 10_000
 
 
 class Publisher:
     """An asynchronous producer that counts deliveries and failures.
+
+    Outcomes are counted when the records' futures are settled: at every `flush` (and `close`),
+    and whenever `SETTLE_EVERY_RECORDS` records are in flight. Between those, `delivered`,
+    `failed` and `undeliverable` lag behind what the broker answered; every one is counted by
+    the time `flush` returns.
 
     Args:
         options: from `client_options`.
@@ -63,7 +73,11 @@ class Publisher:
         self._clock = clock
         self._unknown_until: dict[str, float] = {}  # topic -> when to ask the cluster again
         self._producer = self._new_producer()
-        # Future callbacks run on the producer's I/O thread.
+        # Sent records whose outcome is not counted yet: (future, (topic, key, value, headers)).
+        self._in_flight: list[tuple[Any, tuple]] = []
+        self._settle_at = SETTLE_EVERY_RECORDS
+        # Outcomes are counted on the caller's thread, which may be a rebalance worker while the
+        # loop waits in poll; the lock keeps the counters whole if both ever overlap.
         self._lock = threading.Lock()
         self.delivered = 0
         self.failed = 0
@@ -120,8 +134,26 @@ class Publisher:
         except KafkaError as exc:
             self._on_failure(exc, record)
             return
-        future.add_callback(lambda _metadata: self._on_success(topic))
-        future.add_errback(lambda exc: self._on_failure(exc, record))
+        self._in_flight.append((future, record))
+        if len(self._in_flight) >= self._settle_at:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Count the outcomes of records whose futures are done; keep the others in flight."""
+        pending: list[tuple[Any, tuple]] = []
+        delivered: Counter[str] = Counter()
+        for future, record in self._in_flight:
+            if not future.is_done:
+                pending.append((future, record))
+            elif future.exception is None:
+                delivered[record[0]] += 1
+            else:
+                self._on_failure(future.exception, record)
+        self._in_flight = pending
+        # Records stuck in flight (a broker outage) must not make every send walk them again.
+        self._settle_at = max(SETTLE_EVERY_RECORDS, 2 * len(pending))
+        for topic, count in delivered.items():
+            self._on_success(topic, count)
 
     def send_dead_letter(self, topic: str, raw: RawMessage, reason: str, detail: str) -> None:
         """Forward the original record to the dead-letter topic with why and whence.
@@ -178,6 +210,7 @@ class Publisher:
             self._producer.flush(timeout=timeout_s)
         except KafkaTimeoutError as exc:
             raise TimeoutError(f"producer flush did not finish in {timeout_s:g} s") from exc
+        self._settle()
         with self._lock:
             new_failures = self.failed - self._failed_at_flush
             self._failed_at_flush = self.failed
@@ -194,14 +227,15 @@ class Publisher:
     def close(self, timeout_s: float) -> None:
         """Flush what can be flushed within `timeout_s` and release the connection."""
         self._producer.close(timeout=timeout_s)
+        self._settle()
 
     def _topic_unknown(self, topic: str) -> bool:
         metadata = getattr(self._producer, "_metadata", None)
         return metadata is not None and metadata.partitions_for_topic(topic) is None
 
-    def _on_success(self, topic: str) -> None:
+    def _on_success(self, topic: str, count: int) -> None:
         with self._lock:
-            self.delivered += 1
+            self.delivered += count
             ended = {streak for streak in self._streaks if streak[0] == topic}
             self._streaks -= ended
         for topic_, reason in ended:
