@@ -53,6 +53,8 @@ CALENDAR_NAMES = ("tod_sin", "tod_cos", "dow_sin", "dow_cos", "doy_sin", "doy_co
 # 1970-01-01 was a Thursday: shift so that Monday 00:00 is phase 0 of the week.
 _MONDAY_OFFSET_S = 3 * DAY_S
 _TWO_PI = 2.0 * math.pi
+# (first output index, period in seconds, phase offset in seconds) of each sin/cos pair.
+_CALENDAR_PERIODS = ((0, DAY_S, 0.0), (2, WEEK_S, _MONDAY_OFFSET_S), (4, YEAR_S, 0.0))
 
 
 def seasons_for_cadence(cadence_s: float) -> tuple[int, ...]:
@@ -74,18 +76,20 @@ def calendar_features(target_ts: float, cadence_s: float, out: np.ndarray) -> No
         cadence_s: The key's cadence in seconds; 0 (unknown) gives all zeros.
         out: Six floats to fill.
     """
-    out[:6] = 0.0
+    out[:6] = _calendar_values(target_ts, cadence_s)
+
+
+def _calendar_values(target_ts: float, cadence_s: float) -> list[float]:
+    # Python floats, one slice write by the caller: six numpy item writes cost more than the trig.
+    values = [0.0] * 6
     if cadence_s <= 0.0:
-        return
-    for index, period, offset in (
-        (0, DAY_S, 0.0),
-        (2, WEEK_S, _MONDAY_OFFSET_S),
-        (4, YEAR_S, 0.0),
-    ):
+        return values
+    for index, period, offset in _CALENDAR_PERIODS:
         if cadence_s < period * (1 - CADENCE_TOLERANCE):
             angle = _TWO_PI * (((target_ts + offset) % period) / period)
-            out[index] = math.sin(angle)
-            out[index + 1] = math.cos(angle)
+            values[index] = math.sin(angle)
+            values[index + 1] = math.cos(angle)
+    return values
 
 
 class DerivedFeatures:
@@ -220,22 +224,26 @@ class DerivedFeatures:
         naive falls back to naive), 0 before any. An unused auto slot holds the most recent value.
         """
         out = np.empty(self.width, np.float64)
-        start = 0
+        self.derive_into(row, out, 0, ts)
+        return out
+
+    def derive_into(self, row: int, out: np.ndarray, start: int, ts: float | None = None) -> None:
+        """Write what `derive` returns into `out[start : start + width]` (no new array)."""
         if self.calendar:
             cadence = float(self._cadence[row])
             now = float(self._last_ts[row]) if ts is None else ts
-            calendar_features(now + cadence, cadence, out)
-            start = len(CALENDAR_NAMES)
+            out[start : start + 6] = _calendar_values(now + cadence, cadence)
+            start += len(CALENDAR_NAMES)
         count = int(self._count[row])
         if count == 0:
-            out[start:] = 0.0
-            return out
-        n = self.n_targets
-        history, longest = self._history[row], self.longest
-        for slot, lag in enumerate(self._lags[row].tolist()):
-            back = lag if 0 < lag <= count else 1
-            out[start + slot * n : start + (slot + 1) * n] = history[(count - back) % longest]
-        return out
+            out[start : start + self.slots * self.n_targets] = 0.0
+            return
+        n, longest = self.n_targets, self.longest
+        history = self._history[row]
+        backs = [lag if 0 < lag <= count else 1 for lag in self._lags[row].tolist()]
+        # One gather of the ring's rows for every slot: [slots, n_targets] in slot order.
+        rows = [(count - back) % longest for back in backs]
+        out[start : start + len(backs) * n] = history[rows].ravel()
 
     # ---- snapshots ----------------------------------------------------------------------
 
