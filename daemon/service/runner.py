@@ -143,6 +143,7 @@ class Runner:
             self._latest_ts = time.time() + self._settings.stream.max_future_s
         self.vitals.check_connection(bool(messages))
         steps_before, sent_before = self._learner.step, self.predictions_sent
+        self._metrics.events_consumed.inc(len(messages))  # once per poll: a counter takes a lock
         for raw in messages:
             self._handle(raw)
         self._learner.end_of_poll()
@@ -164,7 +165,6 @@ class Runner:
 
     def _handle(self, raw: Any) -> None:
         self.consumed += 1
-        self._metrics.events_consumed.inc()
         if raw.partition in self.moves.expected_first:
             self.moves.check_first_offset(raw.partition, raw.offset)
         try:
