@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -44,9 +44,12 @@ class Reason(StrEnum):
     PREDICTION_TOO_LARGE = "prediction_too_large"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One valid input event."""
+class Event(NamedTuple):
+    """One valid input event.
+
+    A NamedTuple, not a frozen dataclass: one is built per event, and a tuple is built several
+    times faster than a frozen dataclass sets its fields.
+    """
 
     key: str
     ts: float

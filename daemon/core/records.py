@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One prediction to publish for one input event."""
+class Prediction(NamedTuple):
+    """One prediction to publish for one input event (a NamedTuple: one is built per event)."""
 
     key: str
     ts: float
