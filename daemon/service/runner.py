@@ -143,11 +143,12 @@ class Runner:
             self._latest_ts = time.time() + self._settings.stream.max_future_s
         self.vitals.check_connection(bool(messages))
         steps_before, sent_before = self._learner.step, self.predictions_sent
-        self._metrics.events_consumed.inc(len(messages))  # once per poll: a counter takes a lock
         for raw in messages:
             self._handle(raw)
         self._learner.end_of_poll()
         self._publish()
+        # Per poll, after its answers: a scrape that sees them consumed sees their predictions.
+        self._metrics.events_consumed.inc(len(messages))
         if self.checkpoint.after_divergence_check():
             self.answers.resync()
         connected = self.vitals.connected
@@ -156,12 +157,8 @@ class Runner:
         self.checkpoint.maybe_save(connected)
         if not messages and connected:
             self.checkpoint.retry_commit()  # idle: retry the commit that failed, if any
-        progress = (
-            bool(messages)
-            or self._learner.step > steps_before
-            or self.predictions_sent > sent_before
-        )
-        self.vitals.after_turn(progress, idle=not messages)
+        grew = self._learner.step > steps_before or self.predictions_sent > sent_before
+        self.vitals.after_turn(bool(messages) or grew, idle=not messages)
 
     def _handle(self, raw: Any) -> None:
         self.consumed += 1
