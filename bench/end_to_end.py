@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -127,7 +128,7 @@ def child_raw(bootstrap: str, n: int, keys: int) -> dict:
             topic_out = f"raw-out-{tag}-{name}"
             producer.send(topic_out, b"warm").get(timeout=10)  # metadata + connection
             count = 0
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             while count < n:
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
@@ -146,6 +147,8 @@ def child_raw(bootstrap: str, n: int, keys: int) -> dict:
             producer.flush(timeout=60)
             rate = n / (time.perf_counter() - started)
             out[name] = max(out.get(name, 0.0), rate)
+            cpu_us = 1e6 * (time.process_time() - cpu_started) / n
+            out["cpu_us"] = min(out.get("cpu_us", math.inf), cpu_us)
             consumer.close(autocommit=False)
             producer.close()
     # producer.send alone: lstmd's Publisher (two callbacks per record) vs a bare producer
@@ -283,14 +286,16 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
         profiler = Profiler(interval=0.001)
         profiler.start()
     steps0, calls0 = learner.step, learner.infer_calls
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     runner.run(until=until)
+    cpu_us = 1e6 * (time.process_time() - cpu_started) / n  # includes the shutdown snapshot
     stopped = time.perf_counter()
     if profiler is not None:
         profiler.stop()
     elapsed = done["t"] - started
     result = {
         "events_per_s": n / elapsed,
+        "cpu_us_per_event": cpu_us,
         "elapsed_s": elapsed,
         "steps": learner.step - steps0,
         "predictions": runner.predictions_sent,
@@ -312,7 +317,7 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
 
 # What each category is: the nearest enclosing frame among these functions decides.
 CATEGORIES = [
-    ("consume", "kafka_io.py", "poll"),
+    ("consume", "consumer.py", "poll"),
     ("decode", "events.py", "decode_event"),
     ("inference: TF", "lstm.py", "infer"),
     ("inference: batch build", "batching.py", "build_infer_batch"),
@@ -323,8 +328,8 @@ CATEGORIES = [
     ("ingest/store", "learner.py", "ingest"),
     ("publish: encode", "records.py", "encode_prediction"),
     ("publish: encode", "end_to_end.py", "encode_prediction"),
-    ("publish: producer.send", "kafka_io.py", "send"),
-    ("publish: flush (acks)", "kafka_io.py", "flush"),
+    ("publish: producer.send", "publisher.py", "send"),
+    ("publish: flush (acks)", "publisher.py", "flush"),
     ("metrics", "runner.py", "_record_learning"),
     ("publish: other", "runner.py", "_publish"),
     ("snapshot", "runner.py", "snapshot"),
@@ -501,7 +506,12 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
     print(f"N = {n:,} {stream}; default model settings (B 32, T 4, 16 units), forecast mode")
     print("\nraw kafka-python pipe (consume -> json.loads -> json.dumps -> send, acks=all):")
     for name, rate in raw.items():
-        print(f"  {name:14s} {rate:9,.0f} events/s")
+        if name != "cpu_us":
+            print(f"  {name:14s} {rate:9,.0f} events/s")
+    print(
+        f"  CPU time of the pipe (best configuration pass): {raw['cpu_us']:.1f} us/event (all "
+        "threads; on a shared machine a steadier figure than the rate)"
+    )
     print(
         f"  (send_* = producer.send + close only: lstmd's Publisher is "
         f"{raw['send_bare'] / raw['send_publisher']:.2f}x slower than a bare producer)"
@@ -517,6 +527,11 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
             f"  {variant:8s} {r['events_per_s']:7,.0f} events/s  "
             f"{r['events_per_s'] / best_raw:.3f}x raw pipe{vs_base}  "
             f"({r['steps']} steps, {r['inference_calls']} inference calls)"
+        )
+        cpu = r["cpu_us_per_event"]
+        print(
+            f"           CPU {cpu:.1f} us/event (all threads): the pipe's CPU per event is "
+            f"{raw['cpu_us'] / cpu:.3f}x this"
         )
         if len(r["runs"]) > 1:
             runs = ", ".join(f"{v:,.0f}" for v in r["runs"])

@@ -220,18 +220,18 @@ def measure(bootstrap: str, variant: str, rate: float, args) -> dict:
     monkeypatched into lstmd's EventSource; kafka-python's default is 500)."""
     import functools
 
-    import daemon.edges.kafka_io
+    import daemon.edges.consumer
 
     mode, _, lever = variant.partition("@")
-    original_consumer = daemon.edges.kafka_io.KafkaConsumer
+    original_consumer = daemon.edges.consumer.KafkaConsumer
     if lever.startswith("fetch"):
-        daemon.edges.kafka_io.KafkaConsumer = functools.partial(
+        daemon.edges.consumer.KafkaConsumer = functools.partial(
             original_consumer, fetch_max_wait_ms=int(lever[len("fetch") :])
         )
     try:
         return _measure(bootstrap, mode, rate, args)
     finally:
-        daemon.edges.kafka_io.KafkaConsumer = original_consumer
+        daemon.edges.consumer.KafkaConsumer = original_consumer
 
 
 def _measure(bootstrap: str, mode: str, rate: float, args) -> dict:

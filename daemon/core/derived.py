@@ -61,6 +61,8 @@ CALENDAR_NAMES = ("tod_sin", "tod_cos", "dow_sin", "dow_cos", "doy_sin", "doy_co
 # 1970-01-01 was a Thursday: shift so that Monday 00:00 is phase 0 of the week.
 _MONDAY_OFFSET_S = 3 * DAY_S
 _TWO_PI = 2.0 * math.pi
+# (first output index, period in seconds, phase offset in seconds) of each sin/cos pair.
+_CALENDAR_PERIODS = ((0, DAY_S, 0.0), (2, WEEK_S, _MONDAY_OFFSET_S), (4, YEAR_S, 0.0))
 
 
 def seasons_for_cadence(cadence_s: float) -> tuple[int, ...]:
@@ -82,18 +84,20 @@ def calendar_features(target_ts: float, cadence_s: float, out: np.ndarray) -> No
         cadence_s: The key's cadence in seconds; 0 (unknown) gives all zeros.
         out: Six floats to fill.
     """
-    out[:6] = 0.0
+    out[:6] = _calendar_values(target_ts, cadence_s)
+
+
+def _calendar_values(target_ts: float, cadence_s: float) -> list[float]:
+    # Python floats, one slice write by the caller: six numpy item writes cost more than the trig.
+    values = [0.0] * 6
     if cadence_s <= 0.0:
-        return
-    for index, period, offset in (
-        (0, DAY_S, 0.0),
-        (2, WEEK_S, _MONDAY_OFFSET_S),
-        (4, YEAR_S, 0.0),
-    ):
+        return values
+    for index, period, offset in _CALENDAR_PERIODS:
         if cadence_s < period * (1 - CADENCE_TOLERANCE):
             angle = _TWO_PI * (((target_ts + offset) % period) / period)
-            out[index] = math.sin(angle)
-            out[index + 1] = math.cos(angle)
+            values[index] = math.sin(angle)
+            values[index + 1] = math.cos(angle)
+    return values
 
 
 class DerivedFeatures:
@@ -125,8 +129,8 @@ class DerivedFeatures:
         self.slots = AUTO_SLOTS if seasons is None else len(seasons)
         all_seasons = [m for s in SEASONS_BY_CADENCE.values() for m in s]
         self.longest = max(all_seasons if seasons is None else seasons, default=1) + 1
-        lag_width = (2 * self.slots + 1) * n_targets if self.slots else 0
-        self.width = (len(CALENDAR_NAMES) if calendar else 0) + lag_width
+        self._lag_width = (2 * self.slots + 1) * n_targets if self.slots else 0
+        self.width = (len(CALENDAR_NAMES) if calendar else 0) + self._lag_width
         self.names = self._names()
         self._arrays: dict[str, np.ndarray] = self._empty(0)
         self.grow(capacity)
@@ -239,37 +243,37 @@ class DerivedFeatures:
         before it (0 until two are observed).
         """
         out = np.empty(self.width, np.float64)
-        start = 0
+        self.derive_into(row, out, 0, ts)
+        return out
+
+    def derive_into(self, row: int, out: np.ndarray, start: int, ts: float | None = None) -> None:
+        """Write what `derive` returns into `out[start : start + width]` (no new array)."""
         if self.calendar:
             cadence = float(self._cadence[row])
             now = float(self._last_ts[row]) if ts is None else ts
-            calendar_features(now + cadence, cadence, out)
-            start = len(CALENDAR_NAMES)
+            out[start : start + 6] = _calendar_values(now + cadence, cadence)
+            start += len(CALENDAR_NAMES)
         count = int(self._count[row])
         if count == 0:
-            out[start:] = 0.0
-            return out
-        n, slots = self.n_targets, self.slots
-        history, longest = self._history[row], self.longest
-        steps = start + slots * n
-        for slot, lag in enumerate(self._lags[row].tolist()):
-            back = lag if 0 < lag <= count else 1
-            out[start + slot * n : start + (slot + 1) * n] = history[(count - back) % longest]
-            back = lag or 1  # an unused auto slot repeats the last step
-            step = out[steps + slot * n : steps + (slot + 1) * n]
-            if back < count:
-                step[:] = history[(count - back) % longest] - history[(count - back - 1) % longest]
-            else:
-                step[:] = 0.0
-        if slots:
-            out[steps + slots * n :] = self._last_step(row, count)
-        return out
-
-    def _last_step(self, row: int, count: int) -> np.ndarray | float:
-        if count < 2:
-            return 0.0
-        history, longest = self._history[row], self.longest
-        return history[(count - 1) % longest] - history[(count - 2) % longest]
+            out[start : start + self._lag_width] = 0.0
+            return
+        if not self.slots:
+            return
+        n, longest = self.n_targets, self.longest
+        history = self._history[row]
+        lags = self._lags[row].tolist()
+        # One gather of the ring's rows for every slot: [slots, n_targets] in slot order.
+        backs = [lag if 0 < lag <= count else 1 for lag in lags]
+        lag_end = start + len(backs) * n
+        out[start:lag_end] = history[[(count - back) % longest for back in backs]].ravel()
+        # Steps: each slot's (an unused auto slot repeats the last step), then the last step.
+        step_backs = [lag or 1 for lag in lags] + [1]
+        steps = (
+            history[[(count - back) % longest for back in step_backs]]
+            - history[[(count - back - 1) % longest for back in step_backs]]
+        )
+        steps[[back >= count for back in step_backs]] = 0.0  # not observed yet
+        out[lag_end : start + self._lag_width] = steps.ravel()
 
     # ---- snapshots ----------------------------------------------------------------------
 

@@ -34,13 +34,16 @@ class EventScaling:
         derived = store.derived
         if derived is None:
             return event.features
+        size = len(event.features)
+        out = np.empty(size + derived.width, np.float64)
+        out[:size] = event.features
         if event.target is None:
             derived.observe(row, event.ts, event.features[self._target_index])
-            extra = derived.derive(row)
+            derived.derive_into(row, out, size)
         else:
-            extra = derived.derive(row, event.ts - derived.cadence(row))
+            derived.derive_into(row, out, size, event.ts - derived.cadence(row))
             derived.observe(row, event.ts, event.target)
-        return np.concatenate((event.features, extra))
+        return out
 
     def scale_inputs(
         self, store: KeyStateStore, row: int, features: np.ndarray

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One prediction to publish for one input event."""
+class Prediction(NamedTuple):
+    """One prediction to publish for one input event (a NamedTuple: one is built per event)."""
 
     key: str
     ts: float
@@ -33,9 +31,16 @@ def _floats(values: Any) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
-def _prediction_json(values: np.ndarray) -> list[Any]:
-    """Return [v, ...] per target (H = 1), or [[v_1, ..., v_H], ...] per target (H > 1)."""
-    if values.ndim == 2:
+def _numbers(values: Any) -> Any:
+    """Return what orjson writes as `_floats(values)` would be written, as cheaply as it can.
+
+    [v, ...] per target (H = 1), or [[v_1, ..., v_H], ...] per target (H > 1). A contiguous
+    float64 array goes to orjson as it is (OPT_SERIALIZE_NUMPY writes NaN and infinities as null
+    too, with the same shortest repr as a Python float); anything else is converted first.
+    """
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.flags.c_contiguous:
+        return values
+    if getattr(values, "ndim", 1) == 2:
         return [_floats(row) for row in values]
     return _floats(values)
 
@@ -49,11 +54,11 @@ def encode_prediction(prediction: Prediction, topic: str) -> bytes:
         "source_partition": prediction.partition,
         "source_offset": prediction.offset,
         "mode": prediction.mode,
-        "prediction": _prediction_json(prediction.prediction),
-        "target": None if prediction.target is None else _floats(prediction.target),
+        "prediction": _numbers(prediction.prediction),
+        "target": None if prediction.target is None else _numbers(prediction.target),
         "model_step": prediction.step,
     }
-    return orjson.dumps(record)
+    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def encode_metrics(fields: dict[str, Any]) -> bytes:

@@ -6,6 +6,8 @@ differ in scale by 100× or more all reach the model near zero mean and unit var
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from daemon.core import pages
@@ -103,6 +105,8 @@ class StatsColumns:
 
         The same as `update` then `scale`, in fewer array operations: this runs per event.
         """
+        if self.size == 1:
+            return self._fold_one(row, float(value[0]))
         count = int(self.count[row]) + 1
         self.count[row] = count
         mean = self.mean[row]
@@ -114,6 +118,25 @@ class StatsColumns:
         if count == 1:
             return mean.copy(), level
         return mean.copy(), np.maximum(np.sqrt(m2 / count), _MIN_RELATIVE_STD * level)
+
+    def _fold_one(self, row: int, value: float) -> tuple[np.ndarray, np.ndarray]:
+        # `fold` for one value per row (a single forecast target) in Python floats: a dozen numpy
+        # calls on 1-element arrays cost ~10x the arithmetic. The same IEEE operations in the
+        # same order as the vector path, so the results are bit-identical.
+        count = int(self.count[row]) + 1
+        self.count[row] = count
+        mean = float(self.mean[row, 0])
+        delta = value - mean
+        mean += delta / count
+        m2 = float(self.m2[row, 0]) + delta * (value - mean)
+        self.mean[row, 0] = mean
+        self.m2[row, 0] = m2
+        level = _max(abs(mean), 1.0)
+        if count == 1:
+            return np.array([mean]), np.array([level])
+        variance = m2 / count
+        std = math.sqrt(variance) if variance >= 0.0 else math.nan
+        return np.array([mean]), np.array([_max(std, _MIN_RELATIVE_STD * level)])
 
     def scale(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Return a row's (location, spread) used to normalise; (0, 1) before any observation."""
@@ -141,6 +164,11 @@ class StatsColumns:
         self.count[rows] = count
         self.mean[rows] = mean
         self.m2[rows] = m2
+
+
+def _max(a: float, b: float) -> float:
+    """Return `np.maximum(a, b)` for two floats: NaN wins, as there."""
+    return a if a >= b or a != a else b
 
 
 def normalise(value: np.ndarray, location: np.ndarray, spread: np.ndarray) -> np.ndarray:

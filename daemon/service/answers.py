@@ -30,7 +30,7 @@ RECORD_OVERHEAD_BYTES = 512
 
 
 class Sink(Protocol):
-    """The producer (`daemon.edges.kafka_io.Publisher`)."""
+    """The producer (`daemon.edges.publisher.Publisher`)."""
 
     truncated: int
     failed_by_topic: Counter[str]
@@ -144,20 +144,22 @@ class Answers:
 
     def _send_prediction(self, prediction: Prediction) -> int:
         """Send one prediction, or dead-letter its source event if it can never be sent."""
-        source = SourceRecord(self._kafka.input_topic, prediction.partition, prediction.offset)
+        kafka = self._kafka
         try:
             key = prediction.key.encode("utf-8")
-            value = encode_prediction(prediction, self._kafka.input_topic)
+            value = encode_prediction(prediction, kafka.input_topic)
         except Exception as exc:  # a bug in encoding one record must not stop every commit
+            source = SourceRecord(kafka.input_topic, prediction.partition, prediction.offset)
             self.dead_letter(source, internal_error(source, exc))
             return 0
         size = len(key) + len(value) + RECORD_OVERHEAD_BYTES
-        if size > self._kafka.max_request_size:
-            limit = self._kafka.max_request_size
+        if size > kafka.max_request_size:
+            limit = kafka.max_request_size
             detail = f"prediction record of {size} bytes exceeds kafka.max_request_size={limit}"
+            source = SourceRecord(kafka.input_topic, prediction.partition, prediction.offset)
             self.dead_letter(source, Rejection(Reason.PREDICTION_TOO_LARGE, detail))
             return 0
-        self._publisher.send(self._kafka.predictions_topic, key, value)
+        self._publisher.send(kafka.predictions_topic, key, value)
         return 1
 
     def _send_metrics_message(self, consumed: int, lag: int) -> None:

@@ -147,6 +147,8 @@ class Runner:
             self._handle(raw)
         self._learner.end_of_poll()
         self._publish()
+        # Per poll, after its answers: a scrape that sees them consumed sees their predictions.
+        self._metrics.events_consumed.inc(len(messages))
         if self.checkpoint.after_divergence_check():
             self.answers.resync()
         connected = self.vitals.connected
@@ -155,16 +157,11 @@ class Runner:
         self.checkpoint.maybe_save(connected)
         if not messages and connected:
             self.checkpoint.retry_commit()  # idle: retry the commit that failed, if any
-        progress = (
-            bool(messages)
-            or self._learner.step > steps_before
-            or self.predictions_sent > sent_before
-        )
-        self.vitals.after_turn(progress, idle=not messages)
+        grew = self._learner.step > steps_before or self.predictions_sent > sent_before
+        self.vitals.after_turn(bool(messages) or grew, idle=not messages)
 
     def _handle(self, raw: Any) -> None:
         self.consumed += 1
-        self._metrics.events_consumed.inc()
         if raw.partition in self.moves.expected_first:
             self.moves.check_first_offset(raw.partition, raw.offset)
         try:

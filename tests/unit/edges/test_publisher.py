@@ -1,9 +1,11 @@
 """A record for a topic the cluster does not know is dropped as undeliverable, and for a while
-without asking again: send() would otherwise block the loop for every record."""
+without asking again: send() would otherwise block the loop for every record. Outcomes are
+counted from the records' futures in bulk, all of them by the time flush returns."""
 
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.future import Future
 
-from daemon.edges.kafka_io import UNKNOWN_TOPIC_RECHECK_S, Publisher
+from daemon.edges.publisher import SETTLE_EVERY_RECORDS, UNKNOWN_TOPIC_RECHECK_S, Publisher
 from daemon.settings import KafkaSettings
 
 
@@ -55,3 +57,64 @@ def test_a_metadata_timeout_for_a_known_topic_is_retried():
     publisher = _publisher(known={"slow"})
     publisher.send("slow", b"k", b"v")
     assert publisher.failed == 1 and not publisher.undeliverable
+
+
+class _FutureProducer:
+    """Stands in for KafkaProducer: send() returns a future that the test resolves."""
+
+    def __init__(self):
+        self._metadata = _Metadata(set())
+        self.futures = []
+        self.sent = []
+
+    def send(self, topic, key, value, headers):
+        future = Future()
+        self.futures.append(future)
+        self.sent.append(value)
+        return future
+
+    def flush(self, timeout):
+        for future in self.futures:
+            if not future.is_done:
+                future.success(None)
+
+    def close(self, timeout):
+        pass
+
+
+def _future_publisher():
+    class _Stubbed(Publisher):
+        def _new_producer(self):
+            return _FutureProducer()
+
+    return _Stubbed({}, KafkaSettings())
+
+
+def test_outcomes_are_counted_from_the_futures_by_the_time_flush_returns():
+    publisher = _future_publisher()
+    for i in range(4):
+        publisher.send("t", b"k", b"%d" % i)
+    first = publisher._producer
+    first.futures[1].failure(KafkaConnectionError("broker gone"))  # retriable: sent again
+    first.futures[2].failure(MessageSizeTooLargeError())  # final: dropped, counted
+    assert publisher.delivered == 0  # nothing settled yet: no per-record callback ran
+    assert publisher.flush(1.0) == 1
+    assert (publisher.delivered, publisher.failed) == (2, 1)
+    assert publisher.undeliverable[("t", "too_large")] == 1
+    assert publisher._producer.sent == [b"1"]  # a fresh producer got the retry
+    assert publisher.flush(1.0) == 0 and publisher.delivered == 3
+
+
+def test_records_in_flight_are_settled_in_bulk_once_enough_are_waiting():
+    publisher = _future_publisher()
+    for _ in range(SETTLE_EVERY_RECORDS - 1):
+        publisher.send("t", b"k", b"v")
+    for future in publisher._producer.futures[:-10]:
+        future.success(None)
+    assert publisher.delivered == 0
+    publisher.send("t", b"k", b"v")  # the threshold: done ones are counted, 11 stay in flight
+    assert publisher.delivered == SETTLE_EVERY_RECORDS - 11
+    assert len(publisher._in_flight) == 11
+    publisher._producer.futures[-1].success(None)
+    publisher.close(1.0)  # the fake's close flushes nothing: only the one that succeeded counts
+    assert publisher.delivered == SETTLE_EVERY_RECORDS - 10

@@ -1,0 +1,264 @@
+"""The input consumer: a group member that commits only what it is told to.
+
+Notes measured against the embedded Tansu 0.6.0 broker:
+
+* A consumer-group join (first assignment of a fresh consumer) takes ~3.0 s with
+  session_timeout_ms=6000 and heartbeat_interval_ms=1000, consistently; it is the broker's
+  join delay, not the session timeout.
+* ListOffsets(latest), i.e. `end_offsets()`, reports the last *batch's* base offset + 1, not
+  the last record's offset + 1. Fetch responses carry the correct high watermark, so lag uses
+  the larger of the two and is clamped at zero.
+* Committing an offset inside a batch works: a new group member resumes at that exact record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from daemon.edges.connection import RECONNECT_BACKOFF
+from daemon.edges.messages import PartitionKey, RawMessage, raw_message
+from daemon.settings import KafkaSettings
+
+log = logging.getLogger("lstmd.kafka")
+
+PartitionCallback = Callable[[set[PartitionKey]], None]
+
+# Offset look-ups (lag, retention checks) run on the loop's thread: during a network cut
+# kafka-python would wait out its whole request timeout (30 s), holding the loop and /readyz.
+OFFSETS_TIMEOUT_MS = 1000
+# How often the IO loop checks whether a rebalance callback's worker thread is done. Short
+# against a join's seconds; the loop serves heartbeats and commits in between.
+REBALANCE_CALLBACK_POLL_S = 0.01
+
+
+def _keys(partitions: Iterable[TopicPartition]) -> set[PartitionKey]:
+    return {(tp.topic, tp.partition) for tp in partitions}
+
+
+class _Listener(AsyncConsumerRebalanceListener):
+    """Run the rebalance callbacks on a worker thread while the consumer's IO loop keeps going.
+
+    kafka-python 3 runs rebalance listeners on its network (IO) thread, inside the `poll` of the
+    user thread, which waits. A synchronous listener that commits fails there ("Cannot block on
+    net.run() from the IO thread itself"), and any long work in it stops heartbeats. This
+    listener is async: it hands each callback to a worker thread and yields to the loop until
+    the worker is done, so a commit made by the callback (an ordinary blocking
+    `EventSource.commit`) is served by the loop, heartbeats go on, and the rebalance proceeds
+    only after the callback returned. The user thread is blocked in `poll` meanwhile, so the
+    callback has the learner to itself.
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        on_assign: PartitionCallback | None,
+        on_revoke: PartitionCallback | None,
+        on_lost: PartitionCallback | None,
+        counts: Counter[str],
+    ) -> None:
+        self._net = net
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_lost = on_lost
+        self._counts = counts
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        keys = _keys(revoked)
+        if keys:
+            self._counts["revoked"] += 1
+        await self._off_loop(self._on_revoke, keys)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._counts["assigned"] += 1
+        await self._off_loop(self._on_assign, _keys(assigned))
+
+    async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        # Not a revoke: the group already gave these away, so nothing may be committed for them.
+        self._counts["lost"] += 1
+        log.warning("partitions lost", extra={"partitions": sorted(p for _, p in _keys(lost))})
+        await self._off_loop(self._on_lost, _keys(lost))
+
+    async def _off_loop(self, callback: PartitionCallback | None, keys: set[PartitionKey]) -> None:
+        if callback is None:
+            return
+        outcome: dict[str, BaseException] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                callback(keys)
+            except BaseException as exc:  # handed to the IO loop, which re-raises it from poll
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="lstmd-rebalance", daemon=True).start()
+        while not done.is_set():
+            await self._net.sleep(REBALANCE_CALLBACK_POLL_S)
+        if "error" in outcome:
+            raise outcome["error"]
+
+
+class EventSource:
+    """A group consumer of the input topic that commits only what it is told to.
+
+    The callbacks run on a worker thread while `poll`, which triggered them, waits (see
+    `_Listener`); they may call `commit`, `seek` and `assignment`.
+
+    Args:
+        options: from `client_options`.
+        kafka: supplies the topic (`input_topic`), `group_id`, `group_instance_id` and consumer
+            tuning.
+        on_assign: called with the newly assigned partitions, inside `poll`.
+        on_revoke: called with the partitions being taken away, inside `poll`, before the
+            rebalance; make their state durable and commit it here (the commit lands).
+        on_lost: called with partitions the group took away without a revoke (this member's
+            session expired); drop their state, commit nothing (it would be refused).
+
+    Attributes:
+        rebalances: completed group joins after the first assignment (each one a rebalance
+            this member took part in).
+    """
+
+    def __init__(
+        self,
+        options: dict[str, Any],
+        kafka: KafkaSettings,
+        *,
+        on_assign: PartitionCallback | None = None,
+        on_revoke: PartitionCallback | None = None,
+        on_lost: PartitionCallback | None = None,
+    ) -> None:
+        static = {"group_instance_id": kafka.group_instance_id} if kafka.group_instance_id else {}
+        self._consumer = KafkaConsumer(
+            **options,
+            **RECONNECT_BACKOFF,
+            **static,
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_records=kafka.max_poll_records,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        )
+        self._topic = kafka.input_topic
+        self._counts: Counter[str] = Counter()
+        # kafka-python 3's IO loop: the listener yields to it while a callback runs.
+        listener = _Listener(self._consumer._net, on_assign, on_revoke, on_lost, self._counts)
+        self._consumer.subscribe([kafka.input_topic], listener=listener)
+
+    @property
+    def rebalances(self) -> int:
+        """Return how many group joins completed after this member's first one."""
+        return max(0, self._counts["assigned"] - 1)
+
+    def poll(self, timeout_ms: int) -> list[RawMessage]:
+        """Return the next records, flattened, in order within each partition."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        return [raw_message(record) for records in batches.values() for record in records]
+
+    def commit(self, offsets: Mapping[PartitionKey, int]) -> set[PartitionKey]:
+        """Commit synchronously the offsets of partitions this member owns; skip the others.
+
+        A replica must never move another replica's offsets: a partition that was revoked (or
+        never assigned) is left out and logged. Inside `on_revoke` the revoked partitions are
+        still owned, so their commit goes through.
+
+        Args:
+            offsets: per partition, the NEXT offset to read.
+
+        Returns:
+            The partitions committed.
+        """
+        owned = self.assignment()
+        mine = {key: offset for key, offset in offsets.items() if key in owned}
+        if len(mine) < len(offsets):
+            skipped = sorted(p for key in offsets.keys() - owned for _, p in [key])
+            log.warning(
+                "not committing partitions this member does not own", extra={"partitions": skipped}
+            )
+        if not mine:
+            return set()  # kafka-python would commit every consumed position instead.
+        self._consumer.commit(
+            {
+                TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
+                for (topic, partition), offset in mine.items()
+            }
+        )
+        return set(mine)
+
+    def seek(self, partition: PartitionKey, offset: int) -> None:
+        """Make the next poll of an assigned partition start at `offset`."""
+        self._consumer.seek(TopicPartition(*partition), offset)
+
+    def connected(self) -> bool:
+        """Say whether a connection to any broker of the cluster is up.
+
+        kafka-python has no public call for this; its client knows per node. If that internal
+        API is missing (another client version), report connected rather than a false outage.
+        """
+        client = self._consumer._client
+        try:
+            nodes = [broker.node_id for broker in client.cluster.brokers()]
+            return any(client.connected(node) for node in nodes)
+        except AttributeError:
+            return True
+
+    def assignment(self) -> set[PartitionKey]:
+        """Return the partitions currently assigned to this member."""
+        return _keys(self._consumer.assignment())
+
+    def lag(self) -> dict[PartitionKey, int]:
+        """Return records not yet consumed per assigned partition; never negative.
+
+        Raises:
+            TimeoutError: the broker did not answer within `OFFSETS_TIMEOUT_MS`.
+        """
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return {}
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=OFFSETS_TIMEOUT_MS)
+        except KafkaTimeoutError as exc:
+            raise TimeoutError("end offsets not answered; broker unreachable?") from exc
+        lags: dict[PartitionKey, int] = {}
+        for tp in assigned:
+            # Tansu's end offsets trail within the last batch; the fetch high watermark does not.
+            end = max(ends.get(tp) or 0, self._consumer.highwater(tp) or 0)
+            lags[(tp.topic, tp.partition)] = max(0, end - self._consumer.position(tp))
+        return lags
+
+    def beginning_offset(self, partition: int) -> int | None:
+        """Return the oldest offset the broker still has for an input partition (None: unknown)."""
+        tp = TopicPartition(self._topic, partition)
+        try:
+            return self._consumer.beginning_offsets([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
+        except KafkaError:
+            return None
+
+    def topic_id(self) -> str | None:
+        """Return the input topic's id from metadata; None when the broker sends none."""
+        cluster = getattr(self._consumer._client, "cluster", None)
+        topic_id = getattr(cluster, "topic_id", lambda _name: None)(self._topic)
+        return None if topic_id is None else str(topic_id)
+
+    def close(self) -> None:
+        """Leave the group without committing anything.
+
+        kafka-python calls `on_revoke` once more on close; if that callback fails (its commit is
+        refused during a rebalance, say), the error is logged here, not raised: the state it
+        tried to commit is durable and the next owner resumes from the last commit.
+        """
+        try:
+            self._consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.warning("revoke on close failed", extra={"error": repr(exc.__cause__ or exc)})
