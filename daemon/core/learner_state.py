@@ -196,6 +196,24 @@ def export_learner(learner: OnlineLearner) -> tuple[dict[int, tuple[Arrays, dict
     return parts, meta
 
 
+def _import_store_for(
+    learner: OnlineLearner, arrays: dict[str, np.ndarray], meta: dict[str, Any], now: float
+) -> tuple[KeyStateStore, dict[str, list[tuple[int, int]]]]:
+    """Rebuild one partition's store for `learner`'s shape (see `import_store`)."""
+    layers, _, _, units = learner.state_shape
+    return import_store(
+        arrays,
+        meta,
+        layers,
+        units,
+        learner.n_inputs,
+        learner.n_targets,
+        now,
+        learner.new_derived(),
+        learner.horizon,
+    )
+
+
 def import_learner(
     learner: OnlineLearner,
     parts: dict[int, tuple[Arrays, dict]],
@@ -205,19 +223,8 @@ def import_learner(
     """Load what `export_learner` produced into a fresh learner of the same shape."""
     stores: dict[int, KeyStateStore] = {}
     waits: dict[str, list[tuple[int, KeyRef]]] = {"ready": [], "full": []}
-    layers, _, _, units = learner.state_shape
     for partition, (arrays, part_meta) in parts.items():
-        store, store_waits = import_store(
-            arrays,
-            part_meta,
-            layers,
-            units,
-            learner.n_inputs,
-            learner.n_targets,
-            now,
-            learner.new_derived(),
-            learner.horizon,
-        )
+        store, store_waits = _import_store_for(learner, arrays, part_meta, now)
         stores[partition] = store
         for name, entries in store_waits.items():
             waits[name].extend((rank, (partition, row)) for rank, row in entries)
@@ -265,18 +272,7 @@ def import_partition(learner: OnlineLearner, arrays: Arrays, meta: dict, now: fl
     partition = int(meta["partition"])
     if partition in learner.stores:
         raise ValueError(f"partition {partition} is already held by this learner")
-    layers, _, _, units = learner.state_shape
-    store, waits = import_store(
-        arrays,
-        meta,
-        layers,
-        units,
-        learner.n_inputs,
-        learner.n_targets,
-        now,
-        learner.new_derived(),
-        learner.horizon,
-    )
+    store, waits = _import_store_for(learner, arrays, meta, now)
     learner.adopt(
         {partition: store},
         ready=[(partition, row) for _, row in sorted(waits["ready"])],

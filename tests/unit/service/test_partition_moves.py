@@ -72,27 +72,28 @@ def _metrics() -> SimpleNamespace:
     )
 
 
-def _state_of_another_horizon(offset: int):
+def _state_of_horizon_3(offset: int):
     other = _learner(horizon=3)
     _feed(other, 0, ["x", "y", "x", "y", "x"])
     return dataclasses.replace(pack_keys(*export_partition(other, 0)), offset=offset)
+
+
+def _assign_partition_0(learner: OnlineLearner, checkpoint: _Checkpoint, state) -> _Source:
+    """Assign partition 0, whose state the state topic holds; return the seeks it made."""
+    source = _Source()
+    moves = PartitionMoves(
+        TOPIC, source, learner, checkpoint, _metrics(), state_topic=_StateTopic({0: state})
+    )
+    moves.on_assign({(TOPIC, 0)})
+    return source
 
 
 def test_a_state_of_other_settings_is_skipped_and_the_partition_starts_empty(caplog) -> None:
     learner = _learner(horizon=1)
     _feed(learner, 0, ["a", "b", "a"])  # the local snapshot's keys, offset 3
     checkpoint = _Checkpoint({0: 3})
-    source = _Source()
-    moves = PartitionMoves(
-        TOPIC,
-        source,
-        learner,
-        checkpoint,
-        _metrics(),
-        state_topic=_StateTopic({0: _state_of_another_horizon(offset=9)}),
-    )
     with caplog.at_level(logging.WARNING):
-        moves.on_assign({(TOPIC, 0)})
+        source = _assign_partition_0(learner, checkpoint, _state_of_horizon_3(offset=9))
     (skipped,) = [r for r in caplog.records if r.getMessage() == "partition state skipped"]
     assert "model.horizon" in skipped.reason
     # Nothing of the other state, nor of the older local one: the group's committed offset
@@ -104,15 +105,6 @@ def test_a_state_of_other_settings_is_skipped_and_the_partition_starts_empty(cap
 def test_a_fitting_state_ahead_of_the_local_one_is_restored() -> None:
     learner = _learner(horizon=3)
     checkpoint = _Checkpoint({})
-    source = _Source()
-    moves = PartitionMoves(
-        TOPIC,
-        source,
-        learner,
-        checkpoint,
-        _metrics(),
-        state_topic=_StateTopic({0: _state_of_another_horizon(offset=9)}),
-    )
-    moves.on_assign({(TOPIC, 0)})
+    source = _assign_partition_0(learner, checkpoint, _state_of_horizon_3(offset=9))
     assert sorted(learner.stores[0].row_of) == ["x", "y"]
     assert checkpoint.adopted == [(0, 9, True)] and source.seeks == {0: 9}
