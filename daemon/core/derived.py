@@ -47,7 +47,10 @@ MONTH_S = YEAR_S / 12
 SEASONS_BY_CADENCE: dict[float, tuple[int, ...]] = {
     30 * MINUTE_S: (48, 336),  # a day, a week of half hours
     HOUR_S: (24, 168),  # a day, a week of hours
-    DAY_S: (7, 365),  # a week, a year of days
+    # A week; a year of whole weeks (the same weekday last year: weekly habits and holidays
+    # that fall on a weekday); a year of days (the same date: fixed-date holidays). 364 next to
+    # 365 took Birthdays from 13.23 to 13.01.
+    DAY_S: (7, 364, 365),
     WEEK_S: (52,),  # a year of weeks
     MONTH_S: (12,),  # a year of months
 }

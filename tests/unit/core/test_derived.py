@@ -97,18 +97,21 @@ def test_the_ring_wraps_at_the_longest_lag():
 def test_auto_seasons_follow_the_cadence():
     hourly = DerivedFeatures(seasons=None, calendar=False, n_targets=1, capacity=1)
     assert hourly.names == [
-        *("lag_auto1[0]", "lag_auto2[0]", "step_auto1[0]", "step_auto2[0]", "step_last[0]")
+        *("lag_auto1[0]", "lag_auto2[0]", "lag_auto3[0]"),
+        *("step_auto1[0]", "step_auto2[0]", "step_auto3[0]", "step_last[0]"),
     ]
     assert hourly.longest == 366  # the longest season, 365, and the value before it
     _feed(hourly, 0, [3600.0 * i for i in range(30)], [float(i) for i in range(30)])
     # Hourly: seasons 24 and 168. Lag 24 of the 31st value is value 6; 168 falls back to 29.
-    # Step 24 is 6 - 5; step 168 is not known yet; the last step is 29 - 28.
-    assert hourly.derive(0).tolist() == [6.0, 29.0, 1.0, 0.0, 1.0]
+    # The unused third slot: the last value. Step 24 is 6 - 5; step 168 is not known yet; the
+    # unused slot's step and the last step are 29 - 28.
+    assert hourly.derive(0).tolist() == [6.0, 29.0, 29.0, 1.0, 0.0, 1.0, 1.0]
     monthly = DerivedFeatures(seasons=None, calendar=False, n_targets=1, capacity=1)
     _feed(monthly, 0, [31 * DAY_S * i for i in range(14)], [float(i) for i in range(14)])
-    # Lag 12 and its step 2 - 1; the unused slot: the last value and the last step.
-    assert monthly.derive(0).tolist() == [2.0, 13.0, 1.0, 1.0, 1.0]
+    # Lag 12 and its step 2 - 1; the unused slots: the last value and the last step.
+    assert monthly.derive(0).tolist() == [2.0, 13.0, 13.0, 1.0, 1.0, 1.0, 1.0]
     assert seasons_for_cadence(1800.0) == (48, 336)
+    assert seasons_for_cadence(DAY_S) == (7, 364, 365)  # weekday-aligned and dated years
     assert seasons_for_cadence(30 * DAY_S) == (12,)
     assert seasons_for_cadence(300.0) == ()  # 5 minutes: no entry, both slots are naive
 
