@@ -165,8 +165,10 @@ def _throughput_note(report: EvaluationReport) -> str:
     lstmd = by_name.get("lstmd")
     snarimax = [r for r in report.results if r.name.startswith("snarimax")]
     if lstmd and snarimax:
-        # The model name up to its regressor: "River SNARIMAX(3,1,2)(1,0,1)48".
-        rates = "; ".join(f"{r.description.split(', ')[0]} {r.events_per_s:,.0f}" for r in snarimax)
+        # Each SNARIMAX by its configuration ("…, one per key" dropped: all are).
+        rates = "; ".join(
+            f"{r.description.removesuffix(', one per key')} {r.events_per_s:,.0f}" for r in snarimax
+        )
         note += f" lstmd {lstmd.events_per_s:,.0f} events/s against {rates} events/s."
     return note
 
