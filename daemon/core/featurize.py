@@ -24,12 +24,16 @@ class EventScaling:
         self._stream = settings.stream
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
 
-    def inputs(self, store: KeyStateStore, row: int, event: Event) -> np.ndarray:
+    def inputs(self, store: KeyStateStore, row: int, event: Event, level: np.ndarray) -> np.ndarray:
         """Return the event's features followed by the key's derived features (DESIGN §3).
 
         Forecast mode: the key's history takes this event's value first, since the forecast is
         for the value after it. Supervised: the features describe this event's own target,
         whose value joins the history only after.
+
+        Args:
+            level: The event's target features, `event.features[target_index]` (the caller
+                has them already).
         """
         derived = store.derived
         if derived is None:
@@ -38,7 +42,7 @@ class EventScaling:
         out = np.empty(size + derived.width, np.float64)
         out[:size] = event.features
         if event.target is None:
-            derived.observe(row, event.ts, event.features[self._target_index])
+            derived.observe(row, event.ts, level)
             derived.derive_into(row, out, size)
         else:
             derived.derive_into(row, out, size, event.ts - derived.cadence(row))
@@ -69,19 +73,28 @@ class EventScaling:
         "level": by the key's running mean and spread of those features. "difference": around
         the current value, by the spread of the key's steps, so the model learns the change and
         an untrained model forecasts the last value.
+
+        Args:
+            location: The event's feature locations (all features, as `scale_inputs` gave).
+            spread: Likewise, the feature spreads.
         """
+        ti = self._target_index
         if self._stream.target_scaling == "level":
-            return location, spread
+            return location[ti], spread[ti]
         last = store.last_level[row]
         steps = store.step_stats
+        step_spread: np.ndarray | float | None = None
         if not math.isnan(last[0]) and not starts_sequence:
-            step_spread = steps.fold(row, level - last)[1]
+            if len(level) == 1:  # one target: Python floats, the same IEEE operations
+                step_spread = steps.fold_one(row, float(level[0]) - float(last[0]))[1]
+            else:
+                step_spread = steps.fold(row, level - last)[1]
         elif steps.count[row] >= 2:
             step_spread = steps.scale(row)[1]
         store.last_level[row] = level
-        if self._stream.normalise and steps.count[row] >= 2:
-            spread = step_spread
-        return level, spread
+        if self._stream.normalise and step_spread is not None and steps.count[row] >= 2:
+            return level, np.array([step_spread]) if type(step_spread) is float else step_spread
+        return level, spread[ti]
 
     def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:
         # Scale from the targets seen before this one: this event's own target must not leak

@@ -33,7 +33,7 @@ from daemon.core.pending import (
 )
 from daemon.core.prequential import Prequential, RollingPrequential
 from daemon.core.records import Prediction
-from daemon.core.scaling import denormalise, normalise
+from daemon.core.scaling import denormalise, normalise, normalise_one
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.settings import Settings
 
@@ -212,11 +212,11 @@ class OnlineLearner:
     ) -> None:
         row = ref[1]
         events = store.events
-        features = self._scaling.inputs(store, row, event)
+        level = event.features[self._target_index]
+        features = self._scaling.inputs(store, row, event, level)
         x, location, spread = self._scaling.scale_inputs(store, row, features)
-        ti = self._target_index
         if not starts_sequence:
-            self._fill_targets(store, ref, event.features[ti])
+            self._fill_targets(store, ref, level)
         e = events.new()
         events.x[e] = x
         events.ts[e] = event.ts
@@ -224,9 +224,8 @@ class OnlineLearner:
         events.received_at[e] = self._clock()
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if event.target is None:
-            level = event.features[ti]
             location, spread = self._scaling.forecast_target(
-                store, row, level, starts_sequence, location[ti], spread[ti]
+                store, row, level, starts_sequence, location, spread
             )
             if self.horizon == 1:
                 events.naive[e] = level
@@ -286,7 +285,12 @@ class OnlineLearner:
         events = store.events
         events.target[e] = target
         if self._stream.normalise:
-            events.y[e] = normalise(target, events.location[e], events.spread[e])
+            if len(target) == 1:  # Python floats: the same IEEE operations, no 1-wide arrays
+                events.y[e, 0] = normalise_one(
+                    float(target[0]), events.location.item(e, 0), events.spread.item(e, 0)
+                )
+            else:
+                events.y[e] = normalise(target, events.location[e], events.spread[e])
         else:
             events.y[e] = target
         events.flags[e] |= HAS_Y

@@ -120,9 +120,15 @@ class StatsColumns:
         return mean.copy(), np.maximum(np.sqrt(m2 / count), _MIN_RELATIVE_STD * level)
 
     def _fold_one(self, row: int, value: float) -> tuple[np.ndarray, np.ndarray]:
-        # `fold` for one value per row (a single forecast target) in Python floats: a dozen numpy
-        # calls on 1-element arrays cost ~10x the arithmetic. The same IEEE operations in the
-        # same order as the vector path, so the results are bit-identical.
+        mean, spread = self.fold_one(row, value)
+        return np.array([mean]), np.array([spread])
+
+    def fold_one(self, row: int, value: float) -> tuple[float, float]:
+        """`fold` for a one-wide row (a single forecast target), as Python floats.
+
+        A dozen numpy calls on 1-element arrays cost ~10x the arithmetic. The same IEEE
+        operations in the same order as the vector path, so the results are bit-identical.
+        """
         count = int(self.count[row]) + 1
         self.count[row] = count
         mean = float(self.mean[row, 0])
@@ -133,10 +139,10 @@ class StatsColumns:
         self.m2[row, 0] = m2
         level = _max(abs(mean), 1.0)
         if count == 1:
-            return np.array([mean]), np.array([level])
+            return mean, level
         variance = m2 / count
         std = math.sqrt(variance) if variance >= 0.0 else math.nan
-        return np.array([mean]), np.array([_max(std, _MIN_RELATIVE_STD * level)])
+        return mean, _max(std, _MIN_RELATIVE_STD * level)
 
     def scale(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Return a row's (location, spread) used to normalise; (0, 1) before any observation."""
@@ -176,6 +182,15 @@ def normalise(value: np.ndarray, location: np.ndarray, spread: np.ndarray) -> np
     z = (value - location) / spread
     # np.clip's Python wrapper costs more than the arithmetic on vectors this small.
     return np.minimum(np.maximum(z, -CLIP_SIGMAS, out=z), CLIP_SIGMAS, out=z)
+
+
+def normalise_one(value: float, location: float, spread: float) -> float:
+    """`normalise` of one number in Python floats: the same IEEE operations, NaN kept."""
+    if spread == 0.0:  # Python raises where numpy gives ±inf or NaN
+        return float(normalise(np.array([value]), np.array([location]), np.array([spread]))[0])
+    z = (value - location) / spread
+    z = z if z >= -CLIP_SIGMAS or z != z else -CLIP_SIGMAS
+    return z if z <= CLIP_SIGMAS or z != z else CLIP_SIGMAS
 
 
 def denormalise(value: np.ndarray, location: np.ndarray, spread: np.ndarray) -> np.ndarray:
