@@ -83,17 +83,18 @@ class EventScaling:
             return location[ti], spread[ti]
         last = store.last_level[row]
         steps = store.step_stats
-        step_spread: np.ndarray | float | None = None
+        step_spread: np.ndarray | None = None
         if not math.isnan(last[0]) and not starts_sequence:
             if len(level) == 1:  # one target: Python floats, the same IEEE operations
-                step_spread = steps.fold_one(row, float(level[0]) - float(last[0]))[1]
+                one = steps.fold_one(row, float(level[0]) - float(last[0]))[1]
+                step_spread = np.array([one])
             else:
                 step_spread = steps.fold(row, level - last)[1]
         elif steps.count[row] >= 2:
             step_spread = steps.scale(row)[1]
         store.last_level[row] = level
         if self._stream.normalise and step_spread is not None and steps.count[row] >= 2:
-            return level, np.array([step_spread]) if type(step_spread) is float else step_spread
+            return level, step_spread
         return level, spread[ti]
 
     def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:
