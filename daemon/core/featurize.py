@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from daemon.core.events import Event
-from daemon.core.scaling import normalise
 from daemon.core.store import KeyStateStore
 from daemon.settings import Settings
 
@@ -56,8 +55,7 @@ class EventScaling:
         if not self._stream.normalise:
             size = len(features)
             return features, np.zeros(size), np.ones(size)
-        location, spread = store.feature_stats.fold(row, features)
-        return normalise(features, location, spread), location, spread
+        return store.feature_stats.fold_normalise(row, features)
 
     def forecast_target(
         self,

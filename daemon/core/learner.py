@@ -496,29 +496,32 @@ class OnlineLearner:
         if self.horizon > 1:
             # One list of H values per target in the message (H = 1 keeps today's flat list).
             values = values.reshape(len(answered), self.n_targets, self.horizon)
+        modes = ["forecast" if f else "supervised" for f in (flags & FORECAST_MODE).tolist()]
         columns = zip(
             answered,
-            (flags & FORECAST_MODE).tolist(),
+            modes,
             events.ts[answered].tolist(),
             events.offset[answered].tolist(),
             events.received_at[answered].tolist(),
             values,
             strict=True,
         )
-        for e, forecast, ts, offset, received_at, value in columns:
-            self.outbox.append(
-                Prediction(
-                    key=key,
-                    ts=ts,
-                    partition=partition,
-                    offset=offset,
-                    mode="forecast" if forecast else "supervised",
-                    prediction=value,
-                    target=None if forecast else targets[e].copy(),
-                    step=step,
-                    received_at=received_at,
-                )
+        # Positional fields (in Prediction's order): one is built per event, and keywords cost
+        # a third more.
+        self.outbox += [
+            Prediction(
+                key,
+                ts,
+                partition,
+                offset,
+                mode,
+                value,
+                None if mode == "forecast" else targets[e].copy(),
+                step,
+                received_at,
             )
+            for e, mode, ts, offset, received_at, value in columns
+        ]
 
     # ---- loop hooks ---------------------------------------------------------------------
 

@@ -119,6 +119,37 @@ class StatsColumns:
             return mean.copy(), level
         return mean.copy(), np.maximum(np.sqrt(m2 / count), _MIN_RELATIVE_STD * level)
 
+    def fold_normalise(
+        self, row: int, value: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`fold`, then `normalise(value, location, spread)`: (normalised, location, spread).
+
+        Per event over every input: the same IEEE operations as `fold` and `normalise`, with
+        fewer temporaries (bit-identical results).
+        """
+        if self.size == 1 or self._count is None:
+            location, spread = self.fold(row, value)
+            return normalise(value, location, spread), location, spread
+        count = int(self._count[row]) + 1
+        self._count[row] = count
+        mean = self.mean[row]
+        delta = value - mean
+        mean += delta / count
+        m2 = self.m2[row]
+        m2 += delta * (value - mean)
+        level = np.abs(mean)
+        np.maximum(level, 1.0, out=level)
+        if count == 1:
+            spread = level
+        else:
+            spread = np.sqrt(m2 / count)
+            np.maximum(spread, _MIN_RELATIVE_STD * level, out=spread)
+        location = mean.copy()
+        z = value - location
+        z /= spread
+        np.maximum(z, -CLIP_SIGMAS, out=z)
+        return np.minimum(z, CLIP_SIGMAS, out=z), location, spread
+
     def _fold_one(self, row: int, value: float) -> tuple[np.ndarray, np.ndarray]:
         mean, spread = self.fold_one(row, value)
         return np.array([mean]), np.array([spread])
