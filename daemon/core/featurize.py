@@ -57,14 +57,35 @@ class EventScaling:
             return features, np.zeros(size), np.ones(size)
         return store.feature_stats.fold_normalise(row, features)
 
+    def defers_inputs(
+        self, store: KeyStateStore, row: int, forecast: bool, starts_sequence: bool
+    ) -> bool:
+        """Say whether an event's inputs may be normalised later, with other events' at once.
+
+        They may when nothing at ingest needs the key's feature statistics as of this event:
+        always in supervised mode; in forecast mode with "difference" scaling once the key's
+        steps have a spread (`forecast_target` then scales by it). Without normalisation the
+        inputs pass through as they are, with nothing to batch.
+        """
+        if not self._stream.normalise:
+            return False
+        if not forecast:
+            return True
+        if self._stream.target_scaling == "level":
+            return False
+        steps = int(store.step_stats.count[row])
+        if not math.isnan(store.last_level[row, 0]) and not starts_sequence:
+            steps += 1  # forecast_target folds this event's step first
+        return steps >= 2
+
     def forecast_target(
         self,
         store: KeyStateStore,
         row: int,
         level: np.ndarray,
         starts_sequence: bool,
-        location: np.ndarray,
-        spread: np.ndarray,
+        location: np.ndarray | None,
+        spread: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return how the next value of this key's target features will be normalised.
 
@@ -73,12 +94,16 @@ class EventScaling:
         an untrained model forecasts the last value.
 
         Args:
-            location: The event's feature locations (all features, as `scale_inputs` gave).
+            location: The event's feature locations (all features, as `scale_inputs` gave);
+                None when `defers_inputs` said they are not needed.
             spread: Likewise, the feature spreads.
+
+        Raises:
+            ValueError: The feature statistics are needed but were not given.
         """
         ti = self._target_index
         if self._stream.target_scaling == "level":
-            return location[ti], spread[ti]
+            return _need(location)[ti], _need(spread)[ti]
         last = store.last_level[row]
         steps = store.step_stats
         step_spread: np.ndarray | None = None
@@ -93,9 +118,15 @@ class EventScaling:
         store.last_level[row] = level
         if self._stream.normalise and step_spread is not None and steps.count[row] >= 2:
             return level, step_spread
-        return level, spread[ti]
+        return level, _need(spread)[ti]
 
     def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:
         # Scale from the targets seen before this one: this event's own target must not leak
         # into the denormalised prediction published for it.
         return store.target_stats.scale(row)
+
+
+def _need(values: np.ndarray | None) -> np.ndarray:
+    if values is None:
+        raise ValueError("the event's feature statistics are needed (see defers_inputs)")
+    return values

@@ -150,6 +150,43 @@ class StatsColumns:
         np.maximum(z, -CLIP_SIGMAS, out=z)
         return np.minimum(z, CLIP_SIGMAS, out=z), location, spread
 
+    def fold_normalise_rows(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """`fold_normalise` of one observation for each of several distinct rows at once.
+
+        Args:
+            rows: [k] distinct rows.
+            values: [k, size], one observation per row.
+
+        Returns:
+            [k, size]: each observation normalised by its row's statistics after it. Every
+            element sees the same IEEE operations as `fold_normalise`, so it is bit-identical.
+        """
+        if self.size == 1:  # `fold` runs Python floats there: the same, down to NaN bits
+            return np.stack(
+                [self.fold_normalise(int(r), v)[0] for r, v in zip(rows, values, strict=True)]
+            )
+        count = self.count[rows] + 1
+        self.count[rows] = count
+        counts = count[:, None]
+        mean = self.mean[rows]
+        delta = values - mean
+        mean += delta / counts
+        m2 = self.m2[rows]
+        m2 += delta * (values - mean)
+        self.mean[rows] = mean
+        self.m2[rows] = m2
+        level = np.abs(mean)
+        np.maximum(level, 1.0, out=level)
+        with np.errstate(invalid="ignore"):  # rows seen once take `level`, not this spread
+            spread = np.sqrt(m2 / counts)
+        np.maximum(spread, _MIN_RELATIVE_STD * level, out=spread)
+        first = count == 1
+        spread[first] = level[first]
+        z = values - mean
+        z /= spread
+        np.maximum(z, -CLIP_SIGMAS, out=z)
+        return np.minimum(z, CLIP_SIGMAS, out=z)
+
     def _fold_one(self, row: int, value: float) -> tuple[np.ndarray, np.ndarray]:
         mean, spread = self.fold_one(row, value)
         return np.array([mean]), np.array([spread])
