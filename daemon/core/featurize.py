@@ -57,67 +57,60 @@ class EventScaling:
             return features, np.zeros(size), np.ones(size)
         return store.feature_stats.fold_normalise(row, features)
 
-    def defers_inputs(
-        self, store: KeyStateStore, row: int, forecast: bool, starts_sequence: bool
-    ) -> bool:
-        """Say whether an event's inputs may be normalised later, with other events' at once.
+    def step_spread(
+        self, store: KeyStateStore, row: int, level: np.ndarray, starts_sequence: bool
+    ) -> np.ndarray | None:
+        """Forecast mode: fold the event's step into its key's; return what scales its target.
 
-        They may when nothing at ingest needs the key's feature statistics as of this event:
-        always in supervised mode; in forecast mode with "difference" scaling once the key's
-        steps have a spread (`forecast_target` then scales by it). Without normalisation the
-        inputs pass through as they are, with nothing to batch.
+        "difference" scaling, once the key has two steps: the spread of its steps. None when
+        the key's feature statistics decide instead ("level" scaling, no normalisation, or
+        fewer than two steps); see `forecast_target`.
         """
-        if not self._stream.normalise:
-            return False
-        if not forecast:
-            return True
         if self._stream.target_scaling == "level":
-            return False
-        steps = int(store.step_stats.count[row])
-        if not math.isnan(store.last_level[row, 0]) and not starts_sequence:
-            steps += 1  # forecast_target folds this event's step first
-        return steps >= 2
+            return None
+        last = store.last_level[row]
+        steps = store.step_stats
+        spread: np.ndarray | None = None
+        if not math.isnan(last[0]) and not starts_sequence:
+            if len(level) == 1:  # one target: Python floats, the same IEEE operations
+                spread = np.array([steps.fold_one(row, float(level[0]) - float(last[0]))[1]])
+            else:
+                spread = steps.fold(row, level - last)[1]
+        elif steps.count[row] >= 2:
+            spread = steps.scale(row)[1]
+        store.last_level[row] = level
+        if self._stream.normalise and spread is not None and steps.count[row] >= 2:
+            return spread
+        return None
 
     def forecast_target(
         self,
-        store: KeyStateStore,
-        row: int,
         level: np.ndarray,
-        starts_sequence: bool,
+        step_spread: np.ndarray | None,
         location: np.ndarray | None,
         spread: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return how the next value of this key's target features will be normalised.
 
         "level": by the key's running mean and spread of those features. "difference": around
-        the current value, by the spread of the key's steps, so the model learns the change and
-        an untrained model forecasts the last value.
+        the current value, by the spread of the key's steps (`step_spread`), so the model learns
+        the change and an untrained model forecasts the last value.
 
         Args:
+            level: The event's target features.
+            step_spread: What `step_spread` returned for the event.
             location: The event's feature locations (all features, as `scale_inputs` gave);
-                None when `defers_inputs` said they are not needed.
+                None when they were not computed at ingest (`step_spread` decides then).
             spread: Likewise, the feature spreads.
 
         Raises:
             ValueError: The feature statistics are needed but were not given.
         """
+        if step_spread is not None:
+            return level, step_spread
         ti = self._target_index
         if self._stream.target_scaling == "level":
             return _need(location)[ti], _need(spread)[ti]
-        last = store.last_level[row]
-        steps = store.step_stats
-        step_spread: np.ndarray | None = None
-        if not math.isnan(last[0]) and not starts_sequence:
-            if len(level) == 1:  # one target: Python floats, the same IEEE operations
-                one = steps.fold_one(row, float(level[0]) - float(last[0]))[1]
-                step_spread = np.array([one])
-            else:
-                step_spread = steps.fold(row, level - last)[1]
-        elif steps.count[row] >= 2:
-            step_spread = steps.scale(row)[1]
-        store.last_level[row] = level
-        if self._stream.normalise and step_spread is not None and steps.count[row] >= 2:
-            return level, step_spread
         return level, _need(spread)[ti]
 
     def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:

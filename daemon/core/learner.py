@@ -231,10 +231,16 @@ class OnlineLearner:
         forecast = event.target is None
         location: np.ndarray | None = None
         spread: np.ndarray | None = None
+        # The key's step statistics only: independent of its feature statistics and targets.
+        step_spread = (
+            self._scaling.step_spread(store, row, level, starts_sequence) if forecast else None
+        )
         if not starts_sequence:
             self._fill_targets(store, ref, level)
         e = events.new()
-        if self._scaling.defers_inputs(store, row, forecast, starts_sequence):
+        if self._stream.normalise and (not forecast or step_spread is not None):
+            # Nothing at ingest reads this event's feature statistics: normalise its inputs
+            # later, in rounds with other keys' (`_settle`).
             self._deferred.append((store, row, e, features))
         else:
             self._settle()  # the key's earlier events fold first
@@ -244,9 +250,7 @@ class OnlineLearner:
         events.received_at[e] = self._clock()
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if forecast:
-            location, spread = self._scaling.forecast_target(
-                store, row, level, starts_sequence, location, spread
-            )
+            location, spread = self._scaling.forecast_target(level, step_spread, location, spread)
             if self.horizon == 1:
                 events.naive[e] = level
                 events.location[e], events.spread[e] = location, spread
