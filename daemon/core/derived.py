@@ -170,6 +170,8 @@ class DerivedFeatures:
         self._history, self._count, self._last_ts = a["history"], a["count"], a["last_ts"]
         self._gaps, self._gap_count, self._cadence = a["gaps"], a["gap_count"], a["cadence"]
         self._lags = a["lags"]
+        # derive_into's steps of one target, rounded to float32 as the ring's own differences.
+        self._steps32 = np.empty(self.slots + 1, np.float32)
 
     def grow(self, capacity: int) -> None:
         """Hold `capacity` rows: rows below the old capacity are kept, new rows are cleared."""
@@ -251,32 +253,70 @@ class DerivedFeatures:
 
     def derive_into(self, row: int, out: np.ndarray, start: int, ts: float | None = None) -> None:
         """Write what `derive` returns into `out[start : start + width]` (no new array)."""
-        if self.calendar:
-            cadence = float(self._cadence[row])
-            now = float(self._last_ts[row]) if ts is None else ts
-            out[start : start + 6] = _calendar_values(now + cadence, cadence)
-            start += len(CALENDAR_NAMES)
+        # Runs once per event: Python floats and at most three array writes, not a dozen numpy
+        # calls on 1-8 element arrays. The steps are float32 differences, as before: the float64
+        # difference of two float32 values rounded once to float32 is the float32 difference
+        # (double rounding is innocuous for p' >= 2p + 2), so the numbers are bit-identical.
+        values = (
+            _calendar_values(self._target_ts(row, ts), float(self._cadence[row]))
+            if self.calendar
+            else []
+        )
         count = int(self._count[row])
-        if count == 0:
-            out[start : start + self._lag_width] = 0.0
+        if not self.slots or count == 0:
+            values += [0.0] * (self._lag_width if count == 0 else 0)
+            out[start : start + len(values)] = values
             return
-        if not self.slots:
+        lags = self._lags[row].tolist()
+        backs = [lag if 0 < lag <= count else 1 for lag in lags]
+        step_backs = [lag or 1 for lag in lags] + [1]
+        if self.n_targets == 1:
+            self._lags_one(row, count, backs, step_backs, values, out, start)
             return
+        out[start : start + len(values)] = values
+        start += len(values)
         n, longest = self.n_targets, self.longest
         history = self._history[row]
-        lags = self._lags[row].tolist()
         # One gather of the ring's rows for every slot: [slots, n_targets] in slot order.
-        backs = [lag if 0 < lag <= count else 1 for lag in lags]
         lag_end = start + len(backs) * n
         out[start:lag_end] = history[[(count - back) % longest for back in backs]].ravel()
         # Steps: each slot's (an unused auto slot repeats the last step), then the last step.
-        step_backs = [lag or 1 for lag in lags] + [1]
         steps = (
             history[[(count - back) % longest for back in step_backs]]
             - history[[(count - back - 1) % longest for back in step_backs]]
         )
         steps[[back >= count for back in step_backs]] = 0.0  # not observed yet
         out[lag_end : start + self._lag_width] = steps.ravel()
+
+    def _target_ts(self, row: int, ts: float | None) -> float:
+        """Return the forecast's target time: `ts` (or the last event time) plus the cadence."""
+        now = float(self._last_ts[row]) if ts is None else ts
+        return now + float(self._cadence[row])
+
+    def _lags_one(
+        self,
+        row: int,
+        count: int,
+        backs: list[int],
+        step_backs: list[int],
+        values: list[float],
+        out: np.ndarray,
+        start: int,
+    ) -> None:
+        """`derive_into`'s lags and steps for one target value per event, in Python floats."""
+        longest = self.longest
+        ring = self._history[row, :, 0]
+        values += [ring.item((count - back) % longest) for back in backs]
+        steps = self._steps32
+        steps[:] = [
+            ring.item((count - back) % longest) - ring.item((count - back - 1) % longest)
+            if back < count
+            else 0.0  # not observed yet
+            for back in step_backs
+        ]
+        lag_end = start + len(values)
+        out[start:lag_end] = values
+        out[lag_end : lag_end + len(steps)] = steps
 
     # ---- snapshots ----------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from daemon.core.events import Event
-from daemon.core.scaling import normalise
 from daemon.core.store import KeyStateStore
 from daemon.settings import Settings
 
@@ -24,12 +23,16 @@ class EventScaling:
         self._stream = settings.stream
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
 
-    def inputs(self, store: KeyStateStore, row: int, event: Event) -> np.ndarray:
+    def inputs(self, store: KeyStateStore, row: int, event: Event, level: np.ndarray) -> np.ndarray:
         """Return the event's features followed by the key's derived features (DESIGN §3).
 
         Forecast mode: the key's history takes this event's value first, since the forecast is
         for the value after it. Supervised: the features describe this event's own target,
         whose value joins the history only after.
+
+        Args:
+            level: The event's target features, `event.features[target_index]` (the caller
+                has them already).
         """
         derived = store.derived
         if derived is None:
@@ -38,7 +41,7 @@ class EventScaling:
         out = np.empty(size + derived.width, np.float64)
         out[:size] = event.features
         if event.target is None:
-            derived.observe(row, event.ts, event.features[self._target_index])
+            derived.observe(row, event.ts, level)
             derived.derive_into(row, out, size)
         else:
             derived.derive_into(row, out, size, event.ts - derived.cadence(row))
@@ -52,38 +55,71 @@ class EventScaling:
         if not self._stream.normalise:
             size = len(features)
             return features, np.zeros(size), np.ones(size)
-        location, spread = store.feature_stats.fold(row, features)
-        return normalise(features, location, spread), location, spread
+        return store.feature_stats.fold_normalise(row, features)
+
+    def step_spread(
+        self, store: KeyStateStore, row: int, level: np.ndarray, starts_sequence: bool
+    ) -> np.ndarray | None:
+        """Forecast mode: fold the event's step into its key's; return what scales its target.
+
+        "difference" scaling, once the key has two steps: the spread of its steps. None when
+        the key's feature statistics decide instead ("level" scaling, no normalisation, or
+        fewer than two steps); see `forecast_target`.
+        """
+        if self._stream.target_scaling == "level":
+            return None
+        last = store.last_level[row]
+        steps = store.step_stats
+        spread: np.ndarray | None = None
+        if not math.isnan(last[0]) and not starts_sequence:
+            if len(level) == 1:  # one target: Python floats, the same IEEE operations
+                spread = np.array([steps.fold_one(row, float(level[0]) - float(last[0]))[1]])
+            else:
+                spread = steps.fold(row, level - last)[1]
+        elif steps.count[row] >= 2:
+            spread = steps.scale(row)[1]
+        store.last_level[row] = level
+        if self._stream.normalise and spread is not None and steps.count[row] >= 2:
+            return spread
+        return None
 
     def forecast_target(
         self,
-        store: KeyStateStore,
-        row: int,
         level: np.ndarray,
-        starts_sequence: bool,
-        location: np.ndarray,
-        spread: np.ndarray,
+        step_spread: np.ndarray | None,
+        location: np.ndarray | None,
+        spread: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return how the next value of this key's target features will be normalised.
 
         "level": by the key's running mean and spread of those features. "difference": around
-        the current value, by the spread of the key's steps, so the model learns the change and
-        an untrained model forecasts the last value.
+        the current value, by the spread of the key's steps (`step_spread`), so the model learns
+        the change and an untrained model forecasts the last value.
+
+        Args:
+            level: The event's target features.
+            step_spread: What `step_spread` returned for the event.
+            location: The event's feature locations (all features, as `scale_inputs` gave);
+                None when they were not computed at ingest (`step_spread` decides then).
+            spread: Likewise, the feature spreads.
+
+        Raises:
+            ValueError: The feature statistics are needed but were not given.
         """
+        if step_spread is not None:
+            return level, step_spread
+        ti = self._target_index
         if self._stream.target_scaling == "level":
-            return location, spread
-        last = store.last_level[row]
-        steps = store.step_stats
-        if not math.isnan(last[0]) and not starts_sequence:
-            step_spread = steps.fold(row, level - last)[1]
-        elif steps.count[row] >= 2:
-            step_spread = steps.scale(row)[1]
-        store.last_level[row] = level
-        if self._stream.normalise and steps.count[row] >= 2:
-            spread = step_spread
-        return level, spread
+            return _need(location)[ti], _need(spread)[ti]
+        return level, _need(spread)[ti]
 
     def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:
         # Scale from the targets seen before this one: this event's own target must not leak
         # into the denormalised prediction published for it.
         return store.target_stats.scale(row)
+
+
+def _need(values: np.ndarray | None) -> np.ndarray:
+    if values is None:
+        raise ValueError("the event's feature statistics are needed (see defers_inputs)")
+    return values

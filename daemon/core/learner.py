@@ -33,7 +33,7 @@ from daemon.core.pending import (
 )
 from daemon.core.prequential import Prequential, RollingPrequential
 from daemon.core.records import Prediction
-from daemon.core.scaling import denormalise, normalise
+from daemon.core.scaling import denormalise, normalise, normalise_one
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.settings import Settings
 
@@ -87,7 +87,10 @@ class OnlineLearner:
         self.target_width = self.n_targets * self.horizon
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self._scaling = EventScaling(settings)
-        self.stores: dict[int, KeyStateStore] = {}
+        self._stores: dict[int, KeyStateStore] = {}
+        # Events whose normalised inputs wait for `_settle` (store, row, event id, raw inputs),
+        # in arrival order: folded then in rounds, one numpy call per operation for many keys.
+        self._deferred: list[tuple[KeyStateStore, int, int, np.ndarray]] = []
         self.outbox: list[Prediction] = []
         self.step = 0
         self.last_loss = float("nan")
@@ -114,9 +117,19 @@ class OnlineLearner:
 
     # ---- stores -------------------------------------------------------------------------
 
+    @property
+    def stores(self) -> dict[int, KeyStateStore]:
+        """Every partition's store, with every accepted event's inputs normalised."""
+        self._settle()
+        return self._stores
+
     def store(self, partition: int) -> KeyStateStore:
-        """Return a partition's store, created empty on first use."""
-        store = self.stores.get(partition)
+        """Return a partition's store (created empty on first use), its inputs normalised."""
+        self._settle()
+        return self._store_for(partition)
+
+    def _store_for(self, partition: int) -> KeyStateStore:
+        store = self._stores.get(partition)
         if store is None:
             store = KeyStateStore(
                 partition,
@@ -127,7 +140,7 @@ class OnlineLearner:
                 derived=self.new_derived(),
                 horizon=self.horizon,
             )
-            self.stores[partition] = store
+            self._stores[partition] = store
         return store
 
     def new_derived(self) -> DerivedFeatures | None:
@@ -136,7 +149,7 @@ class OnlineLearner:
 
     def keys_in_store(self) -> int:
         """Return how many keys all stores hold."""
-        return sum(len(s) for s in self.stores.values())
+        return sum(len(s) for s in self._stores.values())
 
     @property
     def infer_calls(self) -> int:
@@ -149,11 +162,11 @@ class OnlineLearner:
 
     def pending_events(self) -> int:
         """Return how many accepted events wait in all stores."""
-        return sum(s.events.live for s in self.stores.values())
+        return sum(s.events.live for s in self._stores.values())
 
     def key_state(self, key: str) -> np.ndarray | None:
         """Return a key's [layers, 2, units] LSTM state from whichever store holds it."""
-        for store in self.stores.values():
+        for store in self._stores.values():
             state = store.state_of(key)
             if state is not None:
                 return state
@@ -161,7 +174,8 @@ class OnlineLearner:
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition's store (it was revoked); its state was saved before."""
-        if self.stores.pop(partition, None) is None:
+        self._settle()
+        if self._stores.pop(partition, None) is None:
             return
         for index in (self._ready, self._full):
             for ref in [ref for ref in index if ref[0] == partition]:
@@ -183,7 +197,7 @@ class OnlineLearner:
                 f"model.horizon={self.horizon} forecasts from the key's own series; an event "
                 "with its own target needs model.horizon=1 (or send it without target)",
             )
-        store = self.store(partition)
+        store = self._store_for(partition)
         row = store.row_of.get(event.key)
         if row is None:
             if len(store) >= self._stream.max_keys:
@@ -212,22 +226,31 @@ class OnlineLearner:
     ) -> None:
         row = ref[1]
         events = store.events
-        features = self._scaling.inputs(store, row, event)
-        x, location, spread = self._scaling.scale_inputs(store, row, features)
-        ti = self._target_index
+        level = event.features[self._target_index]
+        features = self._scaling.inputs(store, row, event, level)
+        forecast = event.target is None
+        location: np.ndarray | None = None
+        spread: np.ndarray | None = None
+        # The key's step statistics only: independent of its feature statistics and targets.
+        step_spread = (
+            self._scaling.step_spread(store, row, level, starts_sequence) if forecast else None
+        )
         if not starts_sequence:
-            self._fill_targets(store, ref, event.features[ti])
+            self._fill_targets(store, ref, level)
         e = events.new()
-        events.x[e] = x
+        if self._stream.normalise and (not forecast or step_spread is not None):
+            # Nothing at ingest reads this event's feature statistics: normalise its inputs
+            # later, in rounds with other keys' (`_settle`).
+            self._deferred.append((store, row, e, features))
+        else:
+            self._settle()  # the key's earlier events fold first
+            events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
         events.ts[e] = event.ts
         events.offset[e] = offset
         events.received_at[e] = self._clock()
         flags = STARTS_SEQUENCE if starts_sequence else 0
-        if event.target is None:
-            level = event.features[ti]
-            location, spread = self._scaling.forecast_target(
-                store, row, level, starts_sequence, location[ti], spread[ti]
-            )
+        if forecast:
+            location, spread = self._scaling.forecast_target(level, step_spread, location, spread)
             if self.horizon == 1:
                 events.naive[e] = level
                 events.location[e], events.spread[e] = location, spread
@@ -286,7 +309,12 @@ class OnlineLearner:
         events = store.events
         events.target[e] = target
         if self._stream.normalise:
-            events.y[e] = normalise(target, events.location[e], events.spread[e])
+            if len(target) == 1:  # Python floats: the same IEEE operations, no 1-wide arrays
+                events.y[e, 0] = normalise_one(
+                    float(target[0]), events.location.item(e, 0), events.spread.item(e, 0)
+                )
+            else:
+                events.y[e] = normalise(target, events.location[e], events.spread[e])
         else:
             events.y[e] = target
         events.flags[e] |= HAS_Y
@@ -304,6 +332,7 @@ class OnlineLearner:
         Its events short of their target (the newest one; with H > 1 the newest H − 1 or
         fewer too) never get it: they are answered, then dropped untrained.
         """
+        self._settle()  # its events are released below: their inputs must not wait
         row = ref[1]
         events = store.events
         while True:
@@ -321,7 +350,7 @@ class OnlineLearner:
         refs = [(partition, row) for row in victims]
         self.answer_forecasts()
         waiting = [r for r in refs if store.unanswered(r[1])]
-        self._forecaster.answer_from_committed(self.stores, waiting)
+        self._forecaster.answer_from_committed(self._stores, waiting)
         for ref in refs:
             for e in store.remove(ref[1]):
                 store.events.release(e)
@@ -330,6 +359,33 @@ class OnlineLearner:
             self._full.pop(ref, None)
         self.resets[ResetReason.DROPPED] += len(refs)
         self._batch_opened_at = self._oldest_waiting()
+
+    def _settle(self) -> None:
+        """Normalise the deferred events' inputs: in rounds, the r-th event of every key.
+
+        Each key's events fold in arrival order, and every number sees the same IEEE
+        operations as one event at a time, so the inputs are bit-identical.
+        """
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        rounds: dict[int, list[tuple[KeyStateStore, int, int, np.ndarray]]] = {}
+        seen: dict[tuple[int, int], int] = {}
+        for item in deferred:
+            place = (id(item[0]), item[1])
+            r = seen.get(place, 0)
+            seen[place] = r + 1
+            rounds.setdefault(r, []).append(item)
+        for items in rounds.values():  # in round order: dicts keep insertion order
+            by_store: dict[int, list[tuple[KeyStateStore, int, int, np.ndarray]]] = {}
+            for item in items:
+                by_store.setdefault(id(item[0]), []).append(item)
+            for group in by_store.values():
+                store = group[0][0]
+                rows = np.array([item[1] for item in group], np.int64)
+                values = np.stack([item[3] for item in group])
+                z = store.feature_stats.fold_normalise_rows(rows, values)
+                store.events.x[[item[2] for item in group]] = z
 
     # ---- batches ------------------------------------------------------------------------
 
@@ -350,7 +406,7 @@ class OnlineLearner:
     def _oldest_waiting(self) -> float | None:
         """Return when the oldest trainable event still waiting arrived, if any."""
         for partition, row in self._ready:
-            store = self.stores[partition]
+            store = self._stores[partition]
             return float(store.events.received_at[int(store.head[row])])
         return None
 
@@ -366,7 +422,7 @@ class OnlineLearner:
         self.answer_forecasts()  # a step consumes events: their forecasts must be out first
         segments = []
         for partition, row in candidates:
-            store = self.stores[partition]
+            store = self._stores[partition]
             segment = train_segment(store, row, self._window)
             if segment:
                 segments.append((store, row, segment))
@@ -453,14 +509,15 @@ class OnlineLearner:
         every = self._stream.reset_every_steps
         if every and self.step % every == 0:
             self.resets[ResetReason.PERIODIC] += sum(
-                s.zero_all_states() for s in self.stores.values()
+                s.zero_all_states() for s in self._stores.values()
             )
 
     # ---- predictions --------------------------------------------------------------------
 
     def answer_forecasts(self) -> int:
         """Publish the forecasts of events not yet answered (see `Forecaster`); how many."""
-        return self._forecaster.answer_waiting(self.stores)
+        self._settle()  # inference, and the train step that may follow, read the inputs
+        return self._forecaster.answer_waiting(self._stores)
 
     def flush_predictions(self, include_supervised: bool) -> int:
         """Publish predictions for pending events that await one; return how many.
@@ -470,8 +527,8 @@ class OnlineLearner:
         """
         answered = self.answer_forecasts()
         if include_supervised:
-            waiting = [ref for ref in self._ready if self.stores[ref[0]].unanswered(ref[1])]
-            answered += self._forecaster.answer_from_committed(self.stores, waiting)
+            waiting = [ref for ref in self._ready if self._stores[ref[0]].unanswered(ref[1])]
+            answered += self._forecaster.answer_from_committed(self._stores, waiting)
         return answered
 
     def _publish(
@@ -492,29 +549,32 @@ class OnlineLearner:
         if self.horizon > 1:
             # One list of H values per target in the message (H = 1 keeps today's flat list).
             values = values.reshape(len(answered), self.n_targets, self.horizon)
+        modes = ["forecast" if f else "supervised" for f in (flags & FORECAST_MODE).tolist()]
         columns = zip(
             answered,
-            (flags & FORECAST_MODE).tolist(),
+            modes,
             events.ts[answered].tolist(),
             events.offset[answered].tolist(),
             events.received_at[answered].tolist(),
             values,
             strict=True,
         )
-        for e, forecast, ts, offset, received_at, value in columns:
-            self.outbox.append(
-                Prediction(
-                    key=key,
-                    ts=ts,
-                    partition=partition,
-                    offset=offset,
-                    mode="forecast" if forecast else "supervised",
-                    prediction=value,
-                    target=None if forecast else targets[e].copy(),
-                    step=step,
-                    received_at=received_at,
-                )
+        # Positional fields (in Prediction's order): one is built per event, and keywords cost
+        # a third more.
+        self.outbox += [
+            Prediction(
+                key,
+                ts,
+                partition,
+                offset,
+                mode,
+                value,
+                None if mode == "forecast" else targets[e].copy(),
+                step,
+                received_at,
             )
+            for e, mode, ts, offset, received_at, value in columns
+        ]
 
     # ---- loop hooks ---------------------------------------------------------------------
 
@@ -560,7 +620,7 @@ class OnlineLearner:
         self, stores: dict[int, KeyStateStore], ready: list[KeyRef], full: list[KeyRef]
     ) -> None:
         """Take restored stores and their keys' places in the wait lists."""
-        self.stores.update(stores)
+        self._stores.update(stores)
         for ref in ready:
             self._ready[ref] = None
         for ref in full:

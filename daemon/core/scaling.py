@@ -119,10 +119,84 @@ class StatsColumns:
             return mean.copy(), level
         return mean.copy(), np.maximum(np.sqrt(m2 / count), _MIN_RELATIVE_STD * level)
 
+    def fold_normalise(
+        self, row: int, value: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`fold`, then `normalise(value, location, spread)`: (normalised, location, spread).
+
+        Per event over every input: the same IEEE operations as `fold` and `normalise`, with
+        fewer temporaries (bit-identical results).
+        """
+        if self.size == 1 or self._count is None:
+            location, spread = self.fold(row, value)
+            return normalise(value, location, spread), location, spread
+        count = int(self._count[row]) + 1
+        self._count[row] = count
+        mean = self.mean[row]
+        delta = value - mean
+        mean += delta / count
+        m2 = self.m2[row]
+        m2 += delta * (value - mean)
+        level = np.abs(mean)
+        np.maximum(level, 1.0, out=level)
+        if count == 1:
+            spread = level
+        else:
+            spread = np.sqrt(m2 / count)
+            np.maximum(spread, _MIN_RELATIVE_STD * level, out=spread)
+        location = mean.copy()
+        z = value - location
+        z /= spread
+        np.maximum(z, -CLIP_SIGMAS, out=z)
+        return np.minimum(z, CLIP_SIGMAS, out=z), location, spread
+
+    def fold_normalise_rows(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """`fold_normalise` of one observation for each of several distinct rows at once.
+
+        Args:
+            rows: [k] distinct rows.
+            values: [k, size], one observation per row.
+
+        Returns:
+            [k, size]: each observation normalised by its row's statistics after it. Every
+            element sees the same IEEE operations as `fold_normalise`, so it is bit-identical.
+        """
+        if self.size == 1:  # `fold` runs Python floats there: the same, down to NaN bits
+            return np.stack(
+                [self.fold_normalise(int(r), v)[0] for r, v in zip(rows, values, strict=True)]
+            )
+        count = self.count[rows] + 1
+        self.count[rows] = count
+        counts = count[:, None]
+        mean = self.mean[rows]
+        delta = values - mean
+        mean += delta / counts
+        m2 = self.m2[rows]
+        m2 += delta * (values - mean)
+        self.mean[rows] = mean
+        self.m2[rows] = m2
+        level = np.abs(mean)
+        np.maximum(level, 1.0, out=level)
+        with np.errstate(invalid="ignore"):  # rows seen once take `level`, not this spread
+            spread = np.sqrt(m2 / counts)
+        np.maximum(spread, _MIN_RELATIVE_STD * level, out=spread)
+        first = count == 1
+        spread[first] = level[first]
+        z = values - mean
+        z /= spread
+        np.maximum(z, -CLIP_SIGMAS, out=z)
+        return np.minimum(z, CLIP_SIGMAS, out=z)
+
     def _fold_one(self, row: int, value: float) -> tuple[np.ndarray, np.ndarray]:
-        # `fold` for one value per row (a single forecast target) in Python floats: a dozen numpy
-        # calls on 1-element arrays cost ~10x the arithmetic. The same IEEE operations in the
-        # same order as the vector path, so the results are bit-identical.
+        mean, spread = self.fold_one(row, value)
+        return np.array([mean]), np.array([spread])
+
+    def fold_one(self, row: int, value: float) -> tuple[float, float]:
+        """`fold` for a one-wide row (a single forecast target), as Python floats.
+
+        A dozen numpy calls on 1-element arrays cost ~10x the arithmetic. The same IEEE
+        operations in the same order as the vector path, so the results are bit-identical.
+        """
         count = int(self.count[row]) + 1
         self.count[row] = count
         mean = float(self.mean[row, 0])
@@ -133,10 +207,10 @@ class StatsColumns:
         self.m2[row, 0] = m2
         level = _max(abs(mean), 1.0)
         if count == 1:
-            return np.array([mean]), np.array([level])
+            return mean, level
         variance = m2 / count
         std = math.sqrt(variance) if variance >= 0.0 else math.nan
-        return np.array([mean]), np.array([_max(std, _MIN_RELATIVE_STD * level)])
+        return mean, _max(std, _MIN_RELATIVE_STD * level)
 
     def scale(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """Return a row's (location, spread) used to normalise; (0, 1) before any observation."""
@@ -176,6 +250,15 @@ def normalise(value: np.ndarray, location: np.ndarray, spread: np.ndarray) -> np
     z = (value - location) / spread
     # np.clip's Python wrapper costs more than the arithmetic on vectors this small.
     return np.minimum(np.maximum(z, -CLIP_SIGMAS, out=z), CLIP_SIGMAS, out=z)
+
+
+def normalise_one(value: float, location: float, spread: float) -> float:
+    """`normalise` of one number in Python floats: the same IEEE operations, NaN kept."""
+    if spread == 0.0:  # Python raises where numpy gives ±inf or NaN
+        return float(normalise(np.array([value]), np.array([location]), np.array([spread]))[0])
+    z = (value - location) / spread
+    z = z if z >= -CLIP_SIGMAS or z != z else -CLIP_SIGMAS
+    return z if z <= CLIP_SIGMAS or z != z else CLIP_SIGMAS
 
 
 def denormalise(value: np.ndarray, location: np.ndarray, spread: np.ndarray) -> np.ndarray:

@@ -190,3 +190,21 @@ def test_bad_configuration_is_refused():
     derived = DerivedFeatures(seasons=(2,), calendar=False, n_targets=1, capacity=2)
     with pytest.raises(ValueError, match="only grow"):
         derived.grow(1)
+
+
+@pytest.mark.parametrize("seasons", [None, (3,), (2, 5)])
+def test_one_target_fast_path_equals_the_general_path_to_the_bit(seasons):
+    # One target runs in Python floats; two run through numpy's float32 ring. Target 0 of a
+    # two-target key must get exactly the one-target key's features, steps rounded to float32.
+    rng = np.random.default_rng(7)
+    one = DerivedFeatures(seasons, True, 1, 2)
+    two = DerivedFeatures(seasons, True, 2, 2)
+    ts = 1.6e9
+    for _ in range(40):
+        ts += float(rng.choice([3_600.0, 86_400.0, 0.0]))
+        value = float(rng.standard_normal() * 10.0 ** rng.integers(-3, 30))
+        one.observe(0, ts, np.array([value]))
+        two.observe(0, ts, np.array([value, -value]))
+        expected, got = two.derive(0), one.derive(0)
+        assert got[:6].tobytes() == expected[:6].tobytes()
+        assert got[6:].tobytes() == expected[6::2].tobytes()

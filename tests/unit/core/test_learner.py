@@ -228,3 +228,45 @@ def test_difference_scaling_ignores_the_step_across_a_reset():
     store = learner.stores[0]
     row = store.row_of["a"]
     assert store.step_stats.count[row] == 2 and store.step_stats.mean[row][0] == 1.0
+
+
+@pytest.mark.parametrize("target_scaling", ["difference", "level"])
+def test_inputs_normalised_in_rounds_equal_those_normalised_event_by_event(target_scaling):
+    # A learner normalises inputs of many keys' events at once (in rounds) when it can. One
+    # whose stores are read after every event normalises them one at a time: every published
+    # number, every statistic and every pending input must match to the bit.
+    settings = _settings(batch_size=3, window=2, target_scaling=target_scaling)
+    keys = [f"k{i}" for i in range(7)]
+    events = _stream(keys, 12, seed=3)
+    events[30] = _event(events[30].key, events[30].ts, 4.0, reset=True)
+    events += [
+        _event(key, 12 + day, 3.0 + day, target=2.0 * day) for day in range(3) for key in keys[:2]
+    ]
+    results = []
+    for settle_every_event in (False, True):
+        learner, _ = _learner(settings)
+        published = []
+        for offset, event in enumerate(events):
+            assert learner.ingest(event, offset % 2, offset) is None
+            if settle_every_event:
+                learner.stores  # noqa: B018 - reading the stores settles every event's inputs
+            if offset % 9 == 8:
+                learner.end_of_poll()
+                published += learner.take_outbox()
+        results.append((published + learner.take_outbox(), learner.stores, learner))
+    (batched, stores, learner), (single, single_stores, single_learner) = results
+    assert learner.step == single_learner.step > 0
+    assert len(batched) == len(single) > 0
+    for a, b in zip(batched, single, strict=True):
+        assert (a.key, a.offset, a.step) == (b.key, b.offset, b.step)
+        assert np.asarray(a.prediction).tobytes() == np.asarray(b.prediction).tobytes()
+    for partition, store in stores.items():
+        other = single_stores[partition]
+        for name in ("count", "mean", "m2"):
+            assert getattr(store.feature_stats, name).tobytes() == (
+                getattr(other.feature_stats, name).tobytes()
+            )
+        for row in store.live_rows().tolist():
+            mine, theirs = store.queue(row), other.queue(row)
+            assert store.events.x[mine].tobytes() == other.events.x[theirs].tobytes()
+            assert store.events.y[mine].tobytes() == other.events.y[theirs].tobytes()

@@ -2,8 +2,9 @@
 any scale end near unit scale."""
 
 import numpy as np
+import pytest
 
-from daemon.core.scaling import CLIP_SIGMAS, StatsColumns, denormalise, normalise
+from daemon.core.scaling import CLIP_SIGMAS, StatsColumns, denormalise, normalise, normalise_one
 
 
 def test_running_moments_match_numpy():
@@ -60,3 +61,33 @@ def test_rows_grow_clear_and_round_trip_through_arrays():
     np.testing.assert_array_equal(copy.scale(0)[1], stats.scale(0)[1])
     stats.clear(0)
     assert stats.count[0] == 0 and not stats.mean[0].any()
+
+
+@pytest.mark.parametrize("size", [1, 3, 12])
+def test_folding_many_rows_at_once_equals_folding_them_one_by_one_to_the_bit(size):
+    rng = np.random.default_rng(size)
+    one_by_one, at_once = StatsColumns(size, 16), StatsColumns(size, 16)
+    for _ in range(300):
+        rows = rng.permutation(16)[: rng.integers(1, 17)]
+        values = rng.standard_normal((len(rows), size)) * 10.0 ** rng.integers(-4, 5)
+        expected = []
+        for row, value in zip(rows.tolist(), values, strict=True):
+            location, spread = one_by_one.fold(row, value)
+            expected.append(normalise(value, location, spread))
+        assert at_once.fold_normalise_rows(rows, values).tobytes() == np.array(expected).tobytes()
+    for name in ("count", "mean", "m2"):
+        assert getattr(at_once, name).tobytes() == getattr(one_by_one, name).tobytes()
+
+
+def test_normalise_one_matches_normalise_also_for_nan_infinities_and_zero_spread():
+    cases = [
+        (v, loc, s)
+        for v in (1.0, -1e9, np.nan, np.inf, 0.0, 1e20)
+        for loc in (0.0, 3.0, np.inf)
+        for s in (0.0, 2.5, np.nan, np.inf)
+    ]
+    for value, location, spread in cases:
+        with np.errstate(all="ignore"):
+            expected = normalise(np.array([value]), np.array([location]), np.array([spread]))
+            got = normalise_one(value, location, spread)
+        assert np.array([got]).tobytes() == expected.tobytes(), (value, location, spread)
