@@ -58,18 +58,21 @@ class KeyMap:
         keys = self.keys
         return (keys[row] for row in self.rows().tolist())
 
-    def get(self, key: str, default: int | None = None) -> int | None:
-        """Return the row of `key`, or `default` when the map does not hold it."""
+    def _find(self, key: str) -> tuple[int, int]:
+        """Probe for `key`: return (its slot, its row), or (the empty slot reached, EMPTY)."""
         slots, keys = self._slots, self.keys
         mask = len(slots) - 1
         index = hash(key) & mask
         while True:
             row = slots[index]
-            if row == EMPTY:
-                return default
-            if row >= 0 and keys[row] == key:
-                return row
+            if row == EMPTY or (row >= 0 and keys[row] == key):
+                return index, row
             index = (index + 1) & mask
+
+    def get(self, key: str, default: int | None = None) -> int | None:
+        """Return the row of `key`, or `default` when the map does not hold it."""
+        row = self._find(key)[1]
+        return default if row == EMPTY else row
 
     def values(self) -> list[int]:
         """Return the rows, in insertion order."""
@@ -136,18 +139,11 @@ class KeyMap:
         Raises:
             KeyError: the map does not hold the key.
         """
-        slots, keys = self._slots, self.keys
-        mask = len(slots) - 1
-        index = hash(key) & mask
-        while True:
-            row = slots[index]
-            if row == EMPTY:
-                raise KeyError(key)
-            if row >= 0 and keys[row] == key:
-                break
-            index = (index + 1) & mask
-        slots[index] = DELETED
-        keys[row] = None
+        index, row = self._find(key)
+        if row == EMPTY:
+            raise KeyError(key)
+        self._slots[index] = DELETED
+        self.keys[row] = None
         self._added[row] = 0
         self._live -= 1
         return row

@@ -114,41 +114,20 @@ class StatsColumns:
         mean += delta / count
         m2 = self.m2[row]
         m2 += delta * (value - mean)
-        level = np.maximum(np.abs(mean), 1.0)
+        level = np.abs(mean)
+        np.maximum(level, 1.0, out=level)
         if count == 1:
             return mean.copy(), level
-        return mean.copy(), np.maximum(np.sqrt(m2 / count), _MIN_RELATIVE_STD * level)
+        spread = np.sqrt(m2 / count)
+        np.maximum(spread, _MIN_RELATIVE_STD * level, out=spread)
+        return mean.copy(), spread
 
     def fold_normalise(
         self, row: int, value: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`fold`, then `normalise(value, location, spread)`: (normalised, location, spread).
-
-        Per event over every input: the same IEEE operations as `fold` and `normalise`, with
-        fewer temporaries (bit-identical results).
-        """
-        if self.size == 1 or self._count is None:
-            location, spread = self.fold(row, value)
-            return normalise(value, location, spread), location, spread
-        count = int(self._count[row]) + 1
-        self._count[row] = count
-        mean = self.mean[row]
-        delta = value - mean
-        mean += delta / count
-        m2 = self.m2[row]
-        m2 += delta * (value - mean)
-        level = np.abs(mean)
-        np.maximum(level, 1.0, out=level)
-        if count == 1:
-            spread = level
-        else:
-            spread = np.sqrt(m2 / count)
-            np.maximum(spread, _MIN_RELATIVE_STD * level, out=spread)
-        location = mean.copy()
-        z = value - location
-        z /= spread
-        np.maximum(z, -CLIP_SIGMAS, out=z)
-        return np.minimum(z, CLIP_SIGMAS, out=z), location, spread
+        """`fold`, then `normalise(value, location, spread)`: (normalised, location, spread)."""
+        location, spread = self.fold(row, value)
+        return normalise(value, location, spread), location, spread
 
     def fold_normalise_rows(self, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
         """`fold_normalise` of one observation for each of several distinct rows at once.
