@@ -17,6 +17,8 @@ from daemon.core.store import KeyStateStore
 
 # One row of a batch: a key (its store and row) and the event ids laid into it, in order.
 Member = tuple[KeyStateStore, int, list[int]]
+# The same row seen from its store: (row b of the batch, the key's row in the store, event ids).
+Place = tuple[int, int, list[int]]
 
 
 @dataclass(slots=True)
@@ -44,6 +46,38 @@ def train_segment(store: KeyStateStore, row: int, window: int) -> list[int]:
         segment.append(event)
         event = int(nxt[event])
     return segment
+
+
+def members_by_store(members: list[Member]) -> dict[KeyStateStore, list[Place]]:
+    """Group a batch's rows by store: store -> [(batch row, key row, events)], in batch order.
+
+    Most batches come from one store; writing states back and answering events once per store
+    costs a few numpy calls for all its keys instead of a few per key.
+    """
+    groups: dict[KeyStateStore, list[Place]] = {}
+    for b, (store, row, events) in enumerate(members):
+        groups.setdefault(store, []).append((b, row, events))
+    return groups
+
+
+def scatter_states(target: np.ndarray, places: list[Place], states: np.ndarray) -> None:
+    """Write a step's new states [layers, 2, B, units] back to the store rows of `places`."""
+    rows = [row for _, row, _ in places]
+    target[rows] = states[:, :, [b for b, _, _ in places], :].transpose(2, 0, 1, 3)
+
+
+def laid_events(places: list[Place]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Return each event laid in `places`: its key row, id, batch row and timestep, in order."""
+    key_rows: list[int] = []
+    events: list[int] = []
+    at_b: list[int] = []
+    at_t: list[int] = []
+    for b, row, laid in places:
+        key_rows += [row] * len(laid)
+        events += laid
+        at_b += [b] * len(laid)
+        at_t += range(len(laid))
+    return key_rows, events, at_b, at_t
 
 
 def _empty(batch_size: int, width: int, n_inputs: int, n_targets: int, state_row: tuple) -> Batch:

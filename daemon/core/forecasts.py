@@ -14,15 +14,22 @@ from typing import Protocol
 
 import numpy as np
 
-from daemon.core.batching import build_infer_batch, split_chunks
+from daemon.core.batching import (
+    build_infer_batch,
+    laid_events,
+    members_by_store,
+    scatter_states,
+    split_chunks,
+)
 from daemon.core.pending import ANSWERED, FORECAST_MODE
 from daemon.core.store import KeyStateStore
 
 KeyRef = tuple[int, int]  # (input partition, row in that partition's store)
 # One key's inference: its store, row, the events to run through, and the state to start from.
 Job = tuple[KeyStateStore, int, list[int], np.ndarray]
-# Publishes one key's answered events: (store, row, events, normalised predictions).
-Publish = Callable[[KeyStateStore, int, list[int], np.ndarray], None]
+# Publishes answered events of one store: (store, each event's key row, events, normalised
+# predictions with one row per event).
+Publish = Callable[[KeyStateStore, list[int], list[int], np.ndarray], None]
 
 
 class InferModel(Protocol):
@@ -120,10 +127,17 @@ class Forecaster:
         predictions, states = self._model.infer(batch.x, batch.mask, batch.states)
         self.calls += 1
         answered = 0
-        for b, (store, row, events) in enumerate(batch.members):
-            store.ahead[row] = states[:, :, b, :]
+        # Once per store, not per key: the per-event work is a few numpy calls for them all.
+        for store, places in members_by_store(batch.members).items():
+            scatter_states(store.ahead, places, states)
+            key_rows, events, at_b, at_t = laid_events(places)
             waiting = np.flatnonzero(store.events.flags[events] & ANSWERED == 0)
-            if len(waiting):
-                self._publish(store, row, [events[t] for t in waiting], predictions[b, waiting])
-                answered += len(waiting)
+            if len(waiting) < len(events):
+                key_rows = [key_rows[i] for i in waiting]
+                events = [events[i] for i in waiting]
+                at_b = [at_b[i] for i in waiting]
+                at_t = [at_t[i] for i in waiting]
+            if events:
+                self._publish(store, key_rows, events, predictions[at_b, at_t])
+                answered += len(events)
         return answered

@@ -18,7 +18,15 @@ from typing import Protocol
 
 import numpy as np
 
-from daemon.core.batching import Batch, build_train_batch, train_segment
+from daemon.core.batching import (
+    Batch,
+    Place,
+    build_train_batch,
+    laid_events,
+    members_by_store,
+    scatter_states,
+    train_segment,
+)
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
@@ -463,30 +471,46 @@ class OnlineLearner:
                 for store, _, segment in batch.members
                 for e in segment
             ]
-        for b, (store, row, segment) in enumerate(batch.members):
+        for store, places in members_by_store(batch.members).items():
             if finite:
-                store.states[row] = states[:, :, b, :]
-            self._consume(store, row, segment, predictions[b], finite)
+                scatter_states(store.states, places, states)
+            self._answer_and_score(store, places, predictions, finite)
+            for _, row, segment in places:
+                self._consume(store, row, segment, finite)
         self.rows_filled = len(batch.members)
         self.step_rows.append(self.rows_filled)
         self.rows_filled_total += self.rows_filled
 
-    def _consume(
-        self, store: KeyStateStore, row: int, segment: list[int], outputs: np.ndarray, ok: bool
+    def _answer_and_score(
+        self,
+        store: KeyStateStore,
+        places: list[Place],
+        predictions: np.ndarray,
+        ok: bool,
     ) -> None:
-        """Answer, score and release a key's events that a train step consumed."""
+        """Answer a step's events still unanswered (supervised ones) and score the step's."""
         events = store.events
-        flags = events.flags[segment]
+        key_rows, laid, at_b, at_t = laid_events(places)
+        flags = events.flags[laid]
         unanswered = np.flatnonzero(flags & ANSWERED == 0)
         if len(unanswered):
-            self._publish(store, row, [segment[i] for i in unanswered], outputs[unanswered])
+            self._publish(
+                store,
+                [key_rows[i] for i in unanswered],
+                [laid[i] for i in unanswered],
+                predictions[np.take(at_b, unanswered), np.take(at_t, unanswered)],
+            )
         if ok:
-            scored = [segment[i] for i in np.flatnonzero(flags & HAS_NAIVE)]
+            scored = [laid[i] for i in np.flatnonzero(flags & HAS_NAIVE)]
             if scored:
                 prediction, naive = events.prediction[scored], events.naive[scored]
                 target = events.target[scored]
                 self.prequential.add(prediction, naive, target)
                 self.rolling.add(prediction, naive, target)
+
+    def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
+        """Release a key's events that a train step consumed and requeue the key."""
+        events = store.events
         ref = (store.partition, row)
         before = int(store.trainable[row])
         for e in store.take(row, len(segment)):
@@ -532,9 +556,10 @@ class OnlineLearner:
         return answered
 
     def _publish(
-        self, store: KeyStateStore, row: int, answered: list[int], normalised: np.ndarray
+        self, store: KeyStateStore, rows: list[int], answered: list[int], normalised: np.ndarray
     ) -> None:
-        """Queue the predictions of one key's events; `normalised` holds one row per event."""
+        """Queue the predictions of a store's events: event `answered[i]` of the key in row
+        `rows[i]`, with normalised prediction `normalised[i]`."""
         events = store.events
         values = normalised.astype(np.float64)
         if self._stream.normalise:
@@ -542,8 +567,10 @@ class OnlineLearner:
         events.prediction[answered] = values
         flags = events.flags[answered]
         events.flags[answered] = flags | ANSWERED
-        key = store.keys[row]
-        if key is None:
+        names = store.keys
+        keys = [names[row] for row in rows]
+        if None in keys:
+            row = rows[keys.index(None)]
             raise KeyError(f"row {row} of partition {store.partition} holds no key")
         partition, step, targets = store.partition, self.step, events.target
         if self.horizon > 1:
@@ -551,6 +578,7 @@ class OnlineLearner:
             values = values.reshape(len(answered), self.n_targets, self.horizon)
         modes = ["forecast" if f else "supervised" for f in (flags & FORECAST_MODE).tolist()]
         columns = zip(
+            keys,
             answered,
             modes,
             events.ts[answered].tolist(),
@@ -573,7 +601,7 @@ class OnlineLearner:
                 step,
                 received_at,
             )
-            for e, mode, ts, offset, received_at, value in columns
+            for key, e, mode, ts, offset, received_at, value in columns
         ]
 
     # ---- loop hooks ---------------------------------------------------------------------
