@@ -22,6 +22,7 @@ from kafka.errors import (
 
 from daemon.edges.connection import RECONNECT_BACKOFF
 from daemon.edges.messages import RawMessage
+from daemon.edges.partitioner import KeyHashPartitioner
 from daemon.settings import KafkaSettings
 
 log = logging.getLogger("lstmd.kafka")
@@ -101,6 +102,7 @@ class Publisher:
             enable_idempotence=True,
             max_request_size=self._kafka.max_request_size,
             max_block_ms=PRODUCER_MAX_BLOCK_MS,
+            partitioner=KeyHashPartitioner(),
         )
 
     def send(
