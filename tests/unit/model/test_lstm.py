@@ -269,3 +269,47 @@ def test_nonfinite_loss_skips_the_update_and_reports_nan():
         np.testing.assert_array_equal(value, optimizer_before[name])
     loss, _, _ = model.train_step(x, np.zeros_like(y), mask, model.zero_states())
     assert np.isfinite(loss) and model.train_traces == 1
+
+
+def test_the_flat_call_gives_what_the_concrete_functions_public_call_gives() -> None:
+    """The steps call TensorFlow's flat entry point (an internal API); the public one must agree.
+
+    Two models built alike run the same train steps, one through each call: losses,
+    predictions, states and the weights after every update must be identical.
+    """
+    flat, public = StatefulLSTM(_settings(layers=2)), StatefulLSTM(_settings(layers=2))
+    assert flat._train._call_flat is not None, "this TensorFlow has no flat call"
+
+    def through_public_call(step):
+        def call(*arrays):
+            return step._fn(
+                *[
+                    tf.constant(np.asarray(a, d))
+                    for a, (_, d, _) in zip(arrays, step._specs, strict=True)
+                ]
+            )
+
+        return call
+
+    public._train = through_public_call(public._train)
+    public._infer = through_public_call(public._infer)
+    rng = np.random.default_rng(11)
+    states = _random_states(flat, rng)
+    for _ in range(3):
+        x, y = _batch(rng)
+        mask = _full_mask()
+        mask[1, 3:] = False
+        got, expected = flat.train_step(x, y, mask, states), public.train_step(x, y, mask, states)
+        assert got[0] == expected[0]
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[2], expected[2])
+        states = got[2]
+    for w_flat, w_public in zip(flat.get_weights(), public.get_weights(), strict=True):
+        np.testing.assert_array_equal(w_flat, w_public)
+    x = rng.normal(size=(B, T + 1, F)).astype(np.float32)
+    got, expected = (
+        flat.infer(x, _full_mask(T + 1), states),
+        public.infer(x, _full_mask(T + 1), states),
+    )
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
