@@ -46,9 +46,16 @@ class KeyHashPartitioner(Partitioner):
             return self._unkeyed.partition(
                 topic, key, serialized_key, value, serialized_value, cluster
             )
+        chosen = self.keyed(topic, serialized_key, cluster)
+        if chosen is None:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        return chosen
+
+    def keyed(self, topic: str, serialized_key: bytes, cluster: Any) -> int | None:
+        """Return a keyed record's partition, or None when the topic's metadata is unknown."""
         partitions = cluster.partitions_for_topic(topic)
         if partitions is None:
-            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+            return None
         known = self._topics.get(topic)
         if known is None or len(known[0]) != len(partitions) or len(known[1]) >= KEY_CACHE_MAX:
             known = (sorted(partitions), {})

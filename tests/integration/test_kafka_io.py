@@ -214,6 +214,7 @@ def test_a_record_the_producer_gives_up_on_is_sent_again_at_the_next_flush(
 ) -> None:
     topic = topic_factory("retry")
     publisher = Publisher(kafka_options, KafkaSettings())
+    publisher._appender = None  # every record through KafkaProducer.send, which fails once
     real_send = publisher._producer.send
     calls = {"n": 0}
 
@@ -231,3 +232,40 @@ def test_a_record_the_producer_gives_up_on_is_sent_again_at_the_next_flush(
     publisher.close(5)
     values = sorted(r.value for r in read_all(kafka_options, topic))
     assert values == [b"first", b"second"]
+
+
+def test_predictions_take_the_direct_path_to_the_default_partitions_and_all_arrive(
+    kafka_options: dict[str, Any], topic_factory
+) -> None:
+    """Keyed records skip `KafkaProducer.send`: same partitions as its murmur2 default, each
+    record once and in order per key, all counted."""
+    from kafka.partitioner import murmur2
+
+    topic = topic_factory("direct", partitions=3)
+    publisher = Publisher(kafka_options, KafkaSettings())
+    assert publisher._appender is not None  # kafka-python 3.0's internals are there
+    direct = []
+    original = publisher._append
+
+    def counting_append(*args):
+        future = original(*args)
+        direct.append(future is not None)
+        return future
+
+    publisher._append = counting_append
+    sent = [(f"key-{i % 40}".encode(), b'{"n": %d}' % i) for i in range(600)]
+    for key, value in sent:
+        publisher.send(topic, key, value)
+    assert publisher.flush(30) == 0
+    publisher.close(5)
+    assert publisher.delivered == len(sent) and publisher.failed == 0
+    assert sum(direct) >= len(sent) - 1  # the first may need send() to fetch the metadata
+    got = read_all(kafka_options, topic)
+    assert sorted((m.key, m.value) for m in got) == sorted(sent)
+    for message in got:
+        assert message.partition == (murmur2(message.key) & 0x7FFFFFFF) % 3
+    assert len({m.partition for m in got}) == 3
+    by_key: dict[bytes, list[int]] = {}
+    for message in sorted(got, key=lambda m: (m.partition, m.offset)):
+        by_key.setdefault(message.key, []).append(int(message.value[6:-1]))
+    assert all(numbers == sorted(numbers) for numbers in by_key.values())  # order per key

@@ -118,3 +118,64 @@ def test_records_in_flight_are_settled_in_bulk_once_enough_are_waiting():
     publisher._producer.futures[-1].success(None)
     publisher.close(1.0)  # the fake's close flushes nothing: only the one that succeeded counts
     assert publisher.delivered == SETTLE_EVERY_RECORDS - 10
+
+
+class _Accumulator:
+    def __init__(self):
+        self.appended = []
+
+    def append(self, tp, timestamp_ms, key, value, headers):
+        self.appended.append((tp.topic, tp.partition, key, value))
+        future = Future()
+        future.success(None)
+        return future, False, len(self.appended) == 1, False
+
+
+class _Sender:
+    def __init__(self):
+        self.wakeups = 0
+
+    def wakeup(self):
+        self.wakeups += 1
+
+
+class _DirectProducer(_Producer):
+    """A producer with the internals the direct path drives; send() records what it got."""
+
+    def __init__(self, known):
+        super().__init__(known)
+        self._accumulator = _Accumulator()
+        self._sender = _Sender()
+        self._transaction_manager = None
+        self.sent = []
+
+    def send(self, topic, key, value, headers):
+        self.sent.append((topic, key, value, headers))
+        future = Future()
+        future.success(None)
+        return future
+
+
+def test_only_keyed_records_without_headers_to_known_topics_skip_send():
+    class _Direct(Publisher):
+        def _new_producer(self):
+            return _DirectProducer({"predictions"})
+
+    publisher = _Direct({}, KafkaSettings(max_request_size=4096))
+    producer = publisher._producer
+    publisher.send("predictions", b"k1", b"v1")
+    publisher.send("predictions", b"k2", b"v2")
+    publisher.send("predictions", None, b"no key")
+    publisher.send("predictions", b"k3", b"with headers", [("h", b"1")])
+    publisher.send("elsewhere", b"k4", b"metadata not known yet")
+    publisher.send("predictions", b"k5", b"x" * 3800)  # near the limit: send() checks the size
+    assert [r[2] for r in producer._accumulator.appended] == [b"k1", b"k2"]
+    assert producer._sender.wakeups == 1  # the first record opened a batch
+    assert [r[2] for r in producer.sent] == [
+        b"no key",
+        b"with headers",
+        b"metadata not known yet",
+        b"x" * 3800,
+    ]
+    assert publisher.flush(1) == 0
+    assert publisher.delivered == 6
