@@ -161,7 +161,7 @@ def test_only_keyed_records_without_headers_to_known_topics_skip_send():
         def _new_producer(self):
             return _DirectProducer({"predictions"})
 
-    publisher = _Direct({}, KafkaSettings(max_request_size=4096))
+    publisher = _Direct({}, KafkaSettings(max_request_size=4096, dead_letter_max_bytes=1024))
     producer = publisher._producer
     publisher.send("predictions", b"k1", b"v1")
     publisher.send("predictions", b"k2", b"v2")
