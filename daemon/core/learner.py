@@ -3,7 +3,7 @@
 No Kafka here: the runner decodes messages and hands over events with their source partition and
 offset. Each input partition has its own key-state store (DESIGN §4). The learner normalises each
 event into its key's pending queue, closes batches of up to B ready keys × T events, runs the
-injected model, and queues one prediction per event in `outbox`. Forecasts are answered once per
+injected model, and queues one prediction per event in its `Outbox`. Forecasts are answered once per
 poll (or before a step that would consume them) by batched inference from each key's state
 ahead. The model is injected so this module never imports TensorFlow itself.
 """
@@ -31,6 +31,7 @@ from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
 from daemon.core.forecasts import Forecaster, KeyRef
+from daemon.core.outbox import Outbox
 from daemon.core.pending import (
     ANSWERED,
     FORECAST_MODE,
@@ -41,7 +42,7 @@ from daemon.core.pending import (
 )
 from daemon.core.prequential import Prequential, RollingPrequential
 from daemon.core.records import Prediction
-from daemon.core.scaling import denormalise, normalise, normalise_one
+from daemon.core.scaling import normalise, normalise_one
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.settings import Settings
 
@@ -99,7 +100,7 @@ class OnlineLearner:
         # Events whose normalised inputs wait for `_settle` (store, row, event id, raw inputs),
         # in arrival order: folded then in rounds, one numpy call per operation for many keys.
         self._deferred: list[tuple[KeyStateStore, int, int, np.ndarray]] = []
-        self.outbox: list[Prediction] = []
+        self._outbox = Outbox(settings.stream.normalise, self.n_targets, self.horizon)
         self.step = 0
         self.last_loss = float("nan")
         self.resets: Counter[str] = Counter()
@@ -558,51 +559,8 @@ class OnlineLearner:
     def _publish(
         self, store: KeyStateStore, rows: list[int], answered: list[int], normalised: np.ndarray
     ) -> None:
-        """Queue the predictions of a store's events: event `answered[i]` of the key in row
-        `rows[i]`, with normalised prediction `normalised[i]`."""
-        events = store.events
-        values = normalised.astype(np.float64)
-        if self._stream.normalise:
-            values = denormalise(values, events.location[answered], events.spread[answered])
-        events.prediction[answered] = values
-        flags = events.flags[answered]
-        events.flags[answered] = flags | ANSWERED
-        names = store.keys
-        keys = [names[row] for row in rows]
-        if None in keys:
-            row = rows[keys.index(None)]
-            raise KeyError(f"row {row} of partition {store.partition} holds no key")
-        partition, step, targets = store.partition, self.step, events.target
-        if self.horizon > 1:
-            # One list of H values per target in the message (H = 1 keeps today's flat list).
-            values = values.reshape(len(answered), self.n_targets, self.horizon)
-        modes = ["forecast" if f else "supervised" for f in (flags & FORECAST_MODE).tolist()]
-        columns = zip(
-            keys,
-            answered,
-            modes,
-            events.ts[answered].tolist(),
-            events.offset[answered].tolist(),
-            events.received_at[answered].tolist(),
-            values,
-            strict=True,
-        )
-        # Positional fields (in Prediction's order): one is built per event, and keywords cost
-        # a third more.
-        self.outbox += [
-            Prediction(
-                key,
-                ts,
-                partition,
-                offset,
-                mode,
-                value,
-                None if mode == "forecast" else targets[e].copy(),
-                step,
-                received_at,
-            )
-            for key, e, mode, ts, offset, received_at, value in columns
-        ]
+        """Queue the predictions of a store's answered events (see `Outbox.publish`)."""
+        self._outbox.publish(store, rows, answered, normalised, self.step)
 
     # ---- loop hooks ---------------------------------------------------------------------
 
@@ -629,8 +587,7 @@ class OnlineLearner:
 
     def take_outbox(self) -> list[Prediction]:
         """Return and clear the queued predictions."""
-        out, self.outbox = self.outbox, []
-        return out
+        return self._outbox.take()
 
     def reset(self) -> None:
         """Forget everything learned and buffered: the state of a learner just built."""
