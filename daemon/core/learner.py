@@ -27,6 +27,7 @@ from daemon.core.batching import (
     scatter_states,
     train_segment,
 )
+from daemon.core.deferred import DeferredInputs
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
@@ -97,9 +98,7 @@ class OnlineLearner:
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self._scaling = EventScaling(settings)
         self._stores: dict[int, KeyStateStore] = {}
-        # Events whose normalised inputs wait for `_settle` (store, row, event id, raw inputs),
-        # in arrival order: folded then in rounds, one numpy call per operation for many keys.
-        self._deferred: list[tuple[KeyStateStore, int, int, np.ndarray]] = []
+        self._deferred = DeferredInputs()  # inputs normalised later, in rounds over keys
         self._outbox = Outbox(settings.stream.normalise, self.n_targets, self.horizon)
         self.step = 0
         self.last_loss = float("nan")
@@ -129,12 +128,12 @@ class OnlineLearner:
     @property
     def stores(self) -> dict[int, KeyStateStore]:
         """Every partition's store, with every accepted event's inputs normalised."""
-        self._settle()
+        self._deferred.settle()
         return self._stores
 
     def store(self, partition: int) -> KeyStateStore:
         """Return a partition's store (created empty on first use), its inputs normalised."""
-        self._settle()
+        self._deferred.settle()
         return self._store_for(partition)
 
     def _store_for(self, partition: int) -> KeyStateStore:
@@ -183,7 +182,7 @@ class OnlineLearner:
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition's store (it was revoked); its state was saved before."""
-        self._settle()
+        self._deferred.settle()
         if self._stores.pop(partition, None) is None:
             return
         for index in (self._ready, self._full):
@@ -249,10 +248,10 @@ class OnlineLearner:
         e = events.new()
         if self._stream.normalise and (not forecast or step_spread is not None):
             # Nothing at ingest reads this event's feature statistics: normalise its inputs
-            # later, in rounds with other keys' (`_settle`).
-            self._deferred.append((store, row, e, features))
+            # later, in rounds with other keys' (`DeferredInputs`).
+            self._deferred.defer(store, row, e, features)
         else:
-            self._settle()  # the key's earlier events fold first
+            self._deferred.settle()  # the key's earlier events fold first
             events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
         events.ts[e] = event.ts
         events.offset[e] = offset
@@ -341,7 +340,7 @@ class OnlineLearner:
         Its events short of their target (the newest one; with H > 1 the newest H − 1 or
         fewer too) never get it: they are answered, then dropped untrained.
         """
-        self._settle()  # its events are released below: their inputs must not wait
+        self._deferred.settle()  # its events are released below: their inputs must not wait
         row = ref[1]
         events = store.events
         while True:
@@ -368,33 +367,6 @@ class OnlineLearner:
             self._full.pop(ref, None)
         self.resets[ResetReason.DROPPED] += len(refs)
         self._batch_opened_at = self._oldest_waiting()
-
-    def _settle(self) -> None:
-        """Normalise the deferred events' inputs: in rounds, the r-th event of every key.
-
-        Each key's events fold in arrival order, and every number sees the same IEEE
-        operations as one event at a time, so the inputs are bit-identical.
-        """
-        if not self._deferred:
-            return
-        deferred, self._deferred = self._deferred, []
-        rounds: dict[int, list[tuple[KeyStateStore, int, int, np.ndarray]]] = {}
-        seen: dict[tuple[int, int], int] = {}
-        for item in deferred:
-            place = (id(item[0]), item[1])
-            r = seen.get(place, 0)
-            seen[place] = r + 1
-            rounds.setdefault(r, []).append(item)
-        for items in rounds.values():  # in round order: dicts keep insertion order
-            by_store: dict[int, list[tuple[KeyStateStore, int, int, np.ndarray]]] = {}
-            for item in items:
-                by_store.setdefault(id(item[0]), []).append(item)
-            for group in by_store.values():
-                store = group[0][0]
-                rows = np.array([item[1] for item in group], np.int64)
-                values = np.stack([item[3] for item in group])
-                z = store.feature_stats.fold_normalise_rows(rows, values)
-                store.events.x[[item[2] for item in group]] = z
 
     # ---- batches ------------------------------------------------------------------------
 
@@ -541,7 +513,7 @@ class OnlineLearner:
 
     def answer_forecasts(self) -> int:
         """Publish the forecasts of events not yet answered (see `Forecaster`); how many."""
-        self._settle()  # inference, and the train step that may follow, read the inputs
+        self._deferred.settle()  # inference, and the train step that may follow, read the inputs
         return self._forecaster.answer_waiting(self._stores)
 
     def flush_predictions(self, include_supervised: bool) -> int:
