@@ -42,14 +42,11 @@ from daemon.core.pending import (
     STARTS_SEQUENCE,
 )
 from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
 from daemon.core.scaling import normalise, normalise_one
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.settings import Settings
-
-# A key holding this many windows of trainable events closes a batch without waiting for the
-# others: a hot key next to cold ones must not buffer without bound.
-HOT_KEY_WINDOWS = 2
 
 
 class StepModel(Protocol):
@@ -116,11 +113,7 @@ class OnlineLearner:
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
         self.step_rows: list[int] = []  # likewise: keys filled per step
         self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
-        # Keys with trainable events, in the order they became trainable (oldest first), and
-        # the subset holding at least a full window.
-        self._batch_opened_at: float | None = None  # the oldest waiting event's arrival
-        self._ready: dict[KeyRef, None] = {}
-        self._full: dict[KeyRef, None] = {}
+        self._keys = ReadyKeys(self._window, self.batch_size)  # which keys wait to train
         self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.target_width)
 
     # ---- stores -------------------------------------------------------------------------
@@ -185,11 +178,9 @@ class OnlineLearner:
         self._deferred.settle()
         if self._stores.pop(partition, None) is None:
             return
-        for index in (self._ready, self._full):
-            for ref in [ref for ref in index if ref[0] == partition]:
-                del index[ref]
+        self._keys.forget_partition(partition)
         self._forecaster.forget_partition(partition)
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -329,10 +320,7 @@ class OnlineLearner:
         row = ref[1]
         store.trainable[row] += 1
         count = int(store.trainable[row])
-        if count == 1:
-            self._ready[ref] = None
-        if count == self._window:
-            self._full[ref] = None
+        self._keys.counted(ref, count)
 
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Close a key's current sequence before an event that starts a new one.
@@ -363,33 +351,18 @@ class OnlineLearner:
             for e in store.remove(ref[1]):
                 store.events.release(e)
                 self.untrained += 1
-            self._ready.pop(ref, None)
-            self._full.pop(ref, None)
+        self._keys.remove(refs)
         self.resets[ResetReason.DROPPED] += len(refs)
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
 
     # ---- batches ------------------------------------------------------------------------
 
     def _close_if_due(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Run the steps the batch-close rule calls for after an event (DESIGN §4)."""
-        if self._batch_opened_at is None and self._ready:
-            self._batch_opened_at = self._oldest_waiting()
-        while True:
-            if len(self._full) >= self.batch_size or (
-                self._full and len(self._full) == len(self._ready)
-            ):
-                self._train(list(self._full))
-            elif store.trainable[ref[1]] >= HOT_KEY_WINDOWS * self._window:
-                self._train([ref, *(r for r in self._full if r != ref)])
-            else:
-                return
-
-    def _oldest_waiting(self) -> float | None:
-        """Return when the oldest trainable event still waiting arrived, if any."""
-        for partition, row in self._ready:
-            store = self._stores[partition]
-            return float(store.events.received_at[int(store.head[row])])
-        return None
+        if self._keys.opened_at is None and self._keys.ready:
+            self._keys.reopen(self._stores)
+        while (candidates := self._keys.due(store, ref)) is not None:
+            self._train(candidates)
 
     def train(self) -> bool:
         """Close the batch now: one step over the B keys that have waited longest.
@@ -397,7 +370,7 @@ class OnlineLearner:
         Returns:
             Whether a step ran (False when no key holds a trainable event).
         """
-        return self._train(list(self._ready))
+        return self._train(list(self._keys.ready))
 
     def _train(self, candidates: list[KeyRef]) -> bool:
         self.answer_forecasts()  # a step consumes events: their forecasts must be out first
@@ -420,7 +393,7 @@ class OnlineLearner:
             raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
         self.step += 1
         self._periodic_reset()
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
         return True
 
     def _step(self, batch: Batch) -> None:
@@ -483,24 +456,14 @@ class OnlineLearner:
 
     def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
         """Release a key's events that a train step consumed and requeue the key."""
-        events = store.events
-        ref = (store.partition, row)
         before = int(store.trainable[row])
         for e in store.take(row, len(segment)):
-            events.release(e)
+            store.events.release(e)
         if ok:
             self.trained_events += len(segment)
         else:
             self.untrained += len(segment)
-        left = int(store.trainable[row])
-        self._ready.pop(ref, None)
-        if left:
-            self._ready[ref] = None  # to the back of the queue
-        if before >= self._window > left:
-            self._full.pop(ref, None)
-        elif left >= self._window:
-            self._full.pop(ref, None)
-            self._full[ref] = None
+        self._keys.requeue((store.partition, row), before, int(store.trainable[row]))
 
     def _periodic_reset(self) -> None:
         every = self._stream.reset_every_steps
@@ -524,7 +487,7 @@ class OnlineLearner:
         """
         answered = self.answer_forecasts()
         if include_supervised:
-            waiting = [ref for ref in self._ready if self._stores[ref[0]].unanswered(ref[1])]
+            waiting = [ref for ref in self._keys.ready if self._stores[ref[0]].unanswered(ref[1])]
             answered += self._forecaster.answer_from_committed(self._stores, waiting)
         return answered
 
@@ -540,16 +503,17 @@ class OnlineLearner:
         """Publish waiting forecasts, and close batches that have waited long enough."""
         self.answer_forecasts()
         wait_ms = self._stream.max_batch_wait_ms
-        while wait_ms and self._batch_opened_at is not None:
-            if (self._clock() - self._batch_opened_at) * 1000 < wait_ms or not self.train():
+        while wait_ms and self._keys.opened_at is not None:
+            if (self._clock() - self._keys.opened_at) * 1000 < wait_ms or not self.train():
                 return
 
     def batch_due_in(self) -> float | None:
         """Return seconds until the wall-clock batch close (<= 0: due), or None if none is set."""
         wait_ms = self._stream.max_batch_wait_ms
-        if not wait_ms or self._batch_opened_at is None:
+        opened_at = self._keys.opened_at
+        if not wait_ms or opened_at is None:
             return None
-        return self._batch_opened_at + wait_ms / 1000 - self._clock()
+        return opened_at + wait_ms / 1000 - self._clock()
 
     def drain(self) -> None:
         """Train every trainable event and publish every waiting prediction."""
@@ -567,21 +531,18 @@ class OnlineLearner:
 
     def ready_keys(self) -> list[KeyRef]:
         """Return the keys with trainable events, longest waiting first."""
-        return list(self._ready)
+        return list(self._keys.ready)
 
     def full_keys(self) -> list[KeyRef]:
         """Return the keys holding a full window of trainable events, longest waiting first."""
-        return list(self._full)
+        return list(self._keys.full)
 
     def adopt(
         self, stores: dict[int, KeyStateStore], ready: list[KeyRef], full: list[KeyRef]
     ) -> None:
         """Take restored stores and their keys' places in the wait lists."""
         self._stores.update(stores)
-        for ref in ready:
-            self._ready[ref] = None
-        for ref in full:
-            self._full[ref] = None
+        self._keys.adopt(ready, full)
         for partition, store in stores.items():
             self._forecaster.adopt(partition, store)
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
