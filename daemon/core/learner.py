@@ -44,8 +44,8 @@ from daemon.core.pending import (
 from daemon.core.prequential import Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
-from daemon.core.scaling import normalise, normalise_one
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
+from daemon.core.targets import TargetAssembly
 from daemon.settings import Settings
 
 
@@ -114,6 +114,9 @@ class OnlineLearner:
         self.step_rows: list[int] = []  # likewise: keys filled per step
         self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
         self._keys = ReadyKeys(self._window, self.batch_size)  # which keys wait to train
+        self._targets = TargetAssembly(
+            self.n_targets, self.horizon, settings.stream.normalise, self._keys
+        )
         self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.target_width)
 
     # ---- stores -------------------------------------------------------------------------
@@ -223,104 +226,58 @@ class OnlineLearner:
     def _append(
         self, store: KeyStateStore, ref: KeyRef, event: Event, offset: int, starts_sequence: bool
     ) -> None:
+        """Add an accepted event to its key's queue, and give earlier events their targets."""
         row = ref[1]
-        events = store.events
         level = event.features[self._target_index]
         features = self._scaling.inputs(store, row, event, level)
         forecast = event.target is None
-        location: np.ndarray | None = None
-        spread: np.ndarray | None = None
         # The key's step statistics only: independent of its feature statistics and targets.
         step_spread = (
             self._scaling.step_spread(store, row, level, starts_sequence) if forecast else None
         )
         if not starts_sequence:
-            self._fill_targets(store, ref, level)
+            self._targets.fill(store, ref, level)
+        events = store.events
         e = events.new()
-        if self._stream.normalise and (not forecast or step_spread is not None):
-            # Nothing at ingest reads this event's feature statistics: normalise its inputs
-            # later, in rounds with other keys' (`DeferredInputs`).
-            self._deferred.defer(store, row, e, features)
-        else:
-            self._deferred.settle()  # the key's earlier events fold first
-            events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
+        location, spread = self._write_inputs(store, row, e, features, forecast, step_spread)
         events.ts[e] = event.ts
         events.offset[e] = offset
         events.received_at[e] = self._clock()
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if forecast:
             location, spread = self._scaling.forecast_target(level, step_spread, location, spread)
-            if self.horizon == 1:
-                events.naive[e] = level
-                events.location[e], events.spread[e] = location, spread
-            else:
-                # Every step h is scaled around the level at t, the naive forecast of each.
-                steps = (self.n_targets, self.horizon)  # views of the rows: no copies
-                events.naive[e].reshape(steps)[...] = level[:, None]
-                events.location[e].reshape(steps)[...] = location[:, None]
-                events.spread[e].reshape(steps)[...] = spread[:, None]
+            self._targets.frame_forecast(events, e, level, location, spread)
             flags |= FORECAST_MODE | HAS_NAIVE
             self._forecaster.wait(ref, e)
         else:
-            events.location[e], events.spread[e] = self._scaling.supervised_target(store, row)
-            last = store.last_target[row]
-            if not math.isnan(last[0]):
-                events.naive[e] = last
-                flags |= HAS_NAIVE
+            scale = self._scaling.supervised_target(store, row)
+            flags |= self._targets.frame_supervised(store, row, e, *scale)
         events.flags[e] = flags
         store.append(row, e)
         if event.target is not None:
-            self._set_target(store, ref, e, event.target)
-            if self._stream.normalise:
-                store.target_stats.update(row, event.target)
-            store.last_target[row] = event.target
+            self._targets.given(store, ref, e, event.target)
 
-    def _fill_targets(self, store: KeyStateStore, ref: KeyRef, value: np.ndarray) -> None:
-        """Hand a new event's target value(s) to the key's events that wait for them.
+    def _write_inputs(
+        self,
+        store: KeyStateStore,
+        row: int,
+        e: int,
+        features: np.ndarray,
+        forecast: bool,
+        step_spread: np.ndarray | None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Normalise an event's inputs now or defer them; return their (location, spread) if now.
 
-        The events t before it in its sequence without a complete target take `value` as their
-        step h = (its position − t); the one at h = H becomes trainable.
+        Only a forecast without step statistics scales its target by its inputs' statistics.
         """
-        events = store.events
-        row = ref[1]
-        if self.horizon == 1:
-            previous = int(store.tail[row])
-            if previous != NO_EVENT and not events.flags[previous] & HAS_Y:
-                self._set_target(store, ref, previous, value)
-            return
-        waiting = self._awaiting_targets(store, row)
-        for h, e in enumerate(reversed(waiting), start=1):
-            events.target[e, h - 1 :: self.horizon] = value
-            if h == self.horizon:
-                self._set_target(store, ref, e, events.target[e].copy())
-
-    def _awaiting_targets(self, store: KeyStateStore, row: int) -> list[int]:
-        """Return a key's events still short of their H successors, oldest first (≤ H)."""
-        # Forecast mode (H > 1 admits no other): exactly the events behind the trainable ones.
-        waiting = int(store.pending[row] - store.trainable[row])
-        if not waiting:
-            return []
-        queue = store.queue(row)
-        return queue[len(queue) - waiting :]
-
-    def _set_target(self, store: KeyStateStore, ref: KeyRef, e: int, target: np.ndarray) -> None:
-        """Make a pending event trainable: its target is now known."""
-        events = store.events
-        events.target[e] = target
-        if self._stream.normalise:
-            if len(target) == 1:  # Python floats: the same IEEE operations, no 1-wide arrays
-                events.y[e, 0] = normalise_one(
-                    float(target[0]), events.location.item(e, 0), events.spread.item(e, 0)
-                )
-            else:
-                events.y[e] = normalise(target, events.location[e], events.spread[e])
-        else:
-            events.y[e] = target
-        events.flags[e] |= HAS_Y
-        row = ref[1]
-        store.trainable[row] += 1
-        count = int(store.trainable[row])
-        self._keys.counted(ref, count)
+        if self._stream.normalise and (not forecast or step_spread is not None):
+            # Nothing at ingest reads this event's feature statistics: normalise its inputs
+            # later, in rounds with other keys' (`DeferredInputs`).
+            self._deferred.defer(store, row, e, features)
+            return None, None
+        self._deferred.settle()  # the key's earlier events fold first
+        store.events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
+        return location, spread
 
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Close a key's current sequence before an event that starts a new one.
