@@ -1,11 +1,18 @@
 """The online learner: accepted events in, train steps and predictions out.
 
 No Kafka here: the runner decodes messages and hands over events with their source partition and
-offset. Each input partition has its own key-state store (DESIGN §4). The learner normalises each
-event into its key's pending queue, closes batches of up to B ready keys × T events, runs the
-injected model, and queues one prediction per event in its `Outbox`. Forecasts are answered once per
-poll (or before a step that would consume them) by batched inference from each key's state
-ahead. The model is injected so this module never imports TensorFlow itself.
+offset. Each input partition has its own key-state store (DESIGN §4). The learner puts each
+event in its key's pending queue and runs the loop's order; the concepts live next door:
+
+- `DeferredInputs` (`deferred.py`): inputs normalised later, in rounds over keys;
+- `TargetAssembly` (`targets.py`): an event becomes trainable once its target is known;
+- `ReadyKeys` (`ready_keys.py`): keys waiting to train, and the batch-close rule;
+- `batching.py`: up to B ready keys × T events in one fixed-shape train step;
+- `Forecaster` (`forecasts.py`): forecasts answered once per poll (or before a step that would
+  consume them) by batched inference from each key's state ahead;
+- `Outbox` (`outbox.py`): one `Prediction` per answered event, until the runner takes them.
+
+The model is injected so this module never imports TensorFlow itself.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from daemon.core.deferred import DeferredInputs
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
-from daemon.core.forecasts import Forecaster, KeyRef
+from daemon.core.forecasts import Forecaster, InferModel, KeyRef
 from daemon.core.outbox import Outbox
 from daemon.core.pending import (
     ANSWERED,
@@ -49,22 +56,15 @@ from daemon.core.targets import TargetAssembly
 from daemon.settings import Settings
 
 
-class StepModel(Protocol):
+class StepModel(InferModel, Protocol):
     """What the learner needs from the model (see `daemon.model.lstm.StatefulLSTM`)."""
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]: ...
 
-    @property
-    def infer_shape(self) -> tuple[int, int]: ...
-
     def train_step(
         self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
     ) -> tuple[float, np.ndarray, np.ndarray]: ...
-
-    def infer(
-        self, x: np.ndarray, mask: np.ndarray, states: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class TrainStepFailed(RuntimeError):
@@ -360,20 +360,7 @@ class OnlineLearner:
             batch.x, batch.y, batch.mask, batch.states
         )
         self.step_seconds.append(time.perf_counter() - started)
-        self.last_loss = loss
-        finite = math.isfinite(loss)
-        if finite:
-            self.consecutive_nonfinite = 0
-        else:
-            # The model skipped the update; its states may be NaN too: keep the old ones, and
-            # let the batch's events go untrained rather than retry them forever.
-            self.nonfinite_losses += 1
-            self.consecutive_nonfinite += 1
-            self.nonfinite_offsets += [
-                (store.partition, int(store.events.offset[e]))
-                for store, _, segment in batch.members
-                for e in segment
-            ]
+        finite = self._record_loss(loss, batch)
         for store, places in members_by_store(batch.members).items():
             if finite:
                 scatter_states(store.states, places, states)
@@ -383,6 +370,23 @@ class OnlineLearner:
         self.rows_filled = len(batch.members)
         self.step_rows.append(self.rows_filled)
         self.rows_filled_total += self.rows_filled
+
+    def _record_loss(self, loss: float, batch: Batch) -> bool:
+        """Count a step's loss; return whether it was finite (the states are usable)."""
+        self.last_loss = loss
+        if math.isfinite(loss):
+            self.consecutive_nonfinite = 0
+            return True
+        # The model skipped the update; its states may be NaN too: keep the old ones, and let
+        # the batch's events go untrained rather than retry them forever.
+        self.nonfinite_losses += 1
+        self.consecutive_nonfinite += 1
+        self.nonfinite_offsets += [
+            (store.partition, int(store.events.offset[e]))
+            for store, _, segment in batch.members
+            for e in segment
+        ]
+        return False
 
     def _answer_and_score(
         self,
