@@ -1,11 +1,18 @@
 """The online learner: accepted events in, train steps and predictions out.
 
 No Kafka here: the runner decodes messages and hands over events with their source partition and
-offset. Each input partition has its own key-state store (DESIGN §4). The learner normalises each
-event into its key's pending queue, closes batches of up to B ready keys × T events, runs the
-injected model, and queues one prediction per event in `outbox`. Forecasts are answered once per
-poll (or before a step that would consume them) by batched inference from each key's state
-ahead. The model is injected so this module never imports TensorFlow itself.
+offset. Each input partition has its own key-state store (DESIGN §4). The learner puts each
+event in its key's pending queue and runs the loop's order; the concepts live next door:
+
+- `DeferredInputs` (`deferred.py`): inputs normalised later, in rounds over keys;
+- `TargetAssembly` (`targets.py`): an event becomes trainable once its target is known;
+- `ReadyKeys` (`ready_keys.py`): keys waiting to train, and the batch-close rule;
+- `batching.py`: up to B ready keys × T events in one fixed-shape train step;
+- `Forecaster` (`forecasts.py`): forecasts answered once per poll (or before a step that would
+  consume them) by batched inference from each key's state ahead;
+- `Outbox` (`outbox.py`): one `Prediction` per answered event, until the runner takes them.
+
+The model is injected so this module never imports TensorFlow itself.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ from daemon.core.batching import (
     scatter_states,
     train_segment,
 )
+from daemon.core.deferred import DeferredInputs
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
-from daemon.core.forecasts import Forecaster, KeyRef
+from daemon.core.forecasts import Forecaster, InferModel, KeyRef
+from daemon.core.outbox import Outbox
 from daemon.core.pending import (
     ANSWERED,
     FORECAST_MODE,
@@ -40,32 +49,22 @@ from daemon.core.pending import (
     STARTS_SEQUENCE,
 )
 from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
-from daemon.core.scaling import denormalise, normalise, normalise_one
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
+from daemon.core.targets import TargetAssembly
 from daemon.settings import Settings
 
-# A key holding this many windows of trainable events closes a batch without waiting for the
-# others: a hot key next to cold ones must not buffer without bound.
-HOT_KEY_WINDOWS = 2
 
-
-class StepModel(Protocol):
+class StepModel(InferModel, Protocol):
     """What the learner needs from the model (see `daemon.model.lstm.StatefulLSTM`)."""
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]: ...
 
-    @property
-    def infer_shape(self) -> tuple[int, int]: ...
-
     def train_step(
         self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
     ) -> tuple[float, np.ndarray, np.ndarray]: ...
-
-    def infer(
-        self, x: np.ndarray, mask: np.ndarray, states: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class TrainStepFailed(RuntimeError):
@@ -96,10 +95,8 @@ class OnlineLearner:
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self._scaling = EventScaling(settings)
         self._stores: dict[int, KeyStateStore] = {}
-        # Events whose normalised inputs wait for `_settle` (store, row, event id, raw inputs),
-        # in arrival order: folded then in rounds, one numpy call per operation for many keys.
-        self._deferred: list[tuple[KeyStateStore, int, int, np.ndarray]] = []
-        self.outbox: list[Prediction] = []
+        self._deferred = DeferredInputs()  # inputs normalised later, in rounds over keys
+        self._outbox = Outbox(settings.stream.normalise, self.n_targets, self.horizon)
         self.step = 0
         self.last_loss = float("nan")
         self.resets: Counter[str] = Counter()
@@ -116,11 +113,10 @@ class OnlineLearner:
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
         self.step_rows: list[int] = []  # likewise: keys filled per step
         self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
-        # Keys with trainable events, in the order they became trainable (oldest first), and
-        # the subset holding at least a full window.
-        self._batch_opened_at: float | None = None  # the oldest waiting event's arrival
-        self._ready: dict[KeyRef, None] = {}
-        self._full: dict[KeyRef, None] = {}
+        self._keys = ReadyKeys(self._window, self.batch_size)  # which keys wait to train
+        self._targets = TargetAssembly(
+            self.n_targets, self.horizon, settings.stream.normalise, self._keys
+        )
         self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.target_width)
 
     # ---- stores -------------------------------------------------------------------------
@@ -128,12 +124,12 @@ class OnlineLearner:
     @property
     def stores(self) -> dict[int, KeyStateStore]:
         """Every partition's store, with every accepted event's inputs normalised."""
-        self._settle()
+        self._deferred.settle()
         return self._stores
 
     def store(self, partition: int) -> KeyStateStore:
         """Return a partition's store (created empty on first use), its inputs normalised."""
-        self._settle()
+        self._deferred.settle()
         return self._store_for(partition)
 
     def _store_for(self, partition: int) -> KeyStateStore:
@@ -182,14 +178,12 @@ class OnlineLearner:
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition's store (it was revoked); its state was saved before."""
-        self._settle()
+        self._deferred.settle()
         if self._stores.pop(partition, None) is None:
             return
-        for index in (self._ready, self._full):
-            for ref in [ref for ref in index if ref[0] == partition]:
-                del index[ref]
+        self._keys.forget_partition(partition)
         self._forecaster.forget_partition(partition)
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
 
     # ---- ingest -------------------------------------------------------------------------
 
@@ -232,107 +226,58 @@ class OnlineLearner:
     def _append(
         self, store: KeyStateStore, ref: KeyRef, event: Event, offset: int, starts_sequence: bool
     ) -> None:
+        """Add an accepted event to its key's queue, and give earlier events their targets."""
         row = ref[1]
-        events = store.events
         level = event.features[self._target_index]
         features = self._scaling.inputs(store, row, event, level)
         forecast = event.target is None
-        location: np.ndarray | None = None
-        spread: np.ndarray | None = None
         # The key's step statistics only: independent of its feature statistics and targets.
         step_spread = (
             self._scaling.step_spread(store, row, level, starts_sequence) if forecast else None
         )
         if not starts_sequence:
-            self._fill_targets(store, ref, level)
+            self._targets.fill(store, ref, level)
+        events = store.events
         e = events.new()
-        if self._stream.normalise and (not forecast or step_spread is not None):
-            # Nothing at ingest reads this event's feature statistics: normalise its inputs
-            # later, in rounds with other keys' (`_settle`).
-            self._deferred.append((store, row, e, features))
-        else:
-            self._settle()  # the key's earlier events fold first
-            events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
+        location, spread = self._write_inputs(store, row, e, features, forecast, step_spread)
         events.ts[e] = event.ts
         events.offset[e] = offset
         events.received_at[e] = self._clock()
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if forecast:
             location, spread = self._scaling.forecast_target(level, step_spread, location, spread)
-            if self.horizon == 1:
-                events.naive[e] = level
-                events.location[e], events.spread[e] = location, spread
-            else:
-                # Every step h is scaled around the level at t, the naive forecast of each.
-                steps = (self.n_targets, self.horizon)  # views of the rows: no copies
-                events.naive[e].reshape(steps)[...] = level[:, None]
-                events.location[e].reshape(steps)[...] = location[:, None]
-                events.spread[e].reshape(steps)[...] = spread[:, None]
+            self._targets.frame_forecast(events, e, level, location, spread)
             flags |= FORECAST_MODE | HAS_NAIVE
             self._forecaster.wait(ref, e)
         else:
-            events.location[e], events.spread[e] = self._scaling.supervised_target(store, row)
-            last = store.last_target[row]
-            if not math.isnan(last[0]):
-                events.naive[e] = last
-                flags |= HAS_NAIVE
+            scale = self._scaling.supervised_target(store, row)
+            flags |= self._targets.frame_supervised(store, row, e, *scale)
         events.flags[e] = flags
         store.append(row, e)
         if event.target is not None:
-            self._set_target(store, ref, e, event.target)
-            if self._stream.normalise:
-                store.target_stats.update(row, event.target)
-            store.last_target[row] = event.target
+            self._targets.given(store, ref, e, event.target)
 
-    def _fill_targets(self, store: KeyStateStore, ref: KeyRef, value: np.ndarray) -> None:
-        """Hand a new event's target value(s) to the key's events that wait for them.
+    def _write_inputs(
+        self,
+        store: KeyStateStore,
+        row: int,
+        e: int,
+        features: np.ndarray,
+        forecast: bool,
+        step_spread: np.ndarray | None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Normalise an event's inputs now or defer them; return their (location, spread) if now.
 
-        The events t before it in its sequence without a complete target take `value` as their
-        step h = (its position − t); the one at h = H becomes trainable.
+        Only a forecast without step statistics scales its target by its inputs' statistics.
         """
-        events = store.events
-        row = ref[1]
-        if self.horizon == 1:
-            previous = int(store.tail[row])
-            if previous != NO_EVENT and not events.flags[previous] & HAS_Y:
-                self._set_target(store, ref, previous, value)
-            return
-        waiting = self._awaiting_targets(store, row)
-        for h, e in enumerate(reversed(waiting), start=1):
-            events.target[e, h - 1 :: self.horizon] = value
-            if h == self.horizon:
-                self._set_target(store, ref, e, events.target[e].copy())
-
-    def _awaiting_targets(self, store: KeyStateStore, row: int) -> list[int]:
-        """Return a key's events still short of their H successors, oldest first (≤ H)."""
-        # Forecast mode (H > 1 admits no other): exactly the events behind the trainable ones.
-        waiting = int(store.pending[row] - store.trainable[row])
-        if not waiting:
-            return []
-        queue = store.queue(row)
-        return queue[len(queue) - waiting :]
-
-    def _set_target(self, store: KeyStateStore, ref: KeyRef, e: int, target: np.ndarray) -> None:
-        """Make a pending event trainable: its target is now known."""
-        events = store.events
-        events.target[e] = target
-        if self._stream.normalise:
-            if len(target) == 1:  # Python floats: the same IEEE operations, no 1-wide arrays
-                events.y[e, 0] = normalise_one(
-                    float(target[0]), events.location.item(e, 0), events.spread.item(e, 0)
-                )
-            else:
-                events.y[e] = normalise(target, events.location[e], events.spread[e])
-        else:
-            events.y[e] = target
-        events.flags[e] |= HAS_Y
-        row = ref[1]
-        store.trainable[row] += 1
-        count = int(store.trainable[row])
-        if count == 1:
-            self._ready[ref] = None
-        if count == self._window:
-            self._full[ref] = None
+        if self._stream.normalise and (not forecast or step_spread is not None):
+            # Nothing at ingest reads this event's feature statistics: normalise its inputs
+            # later, in rounds with other keys' (`DeferredInputs`).
+            self._deferred.defer(store, row, e, features)
+            return None, None
+        self._deferred.settle()  # the key's earlier events fold first
+        store.events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
+        return location, spread
 
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Close a key's current sequence before an event that starts a new one.
@@ -340,7 +285,7 @@ class OnlineLearner:
         Its events short of their target (the newest one; with H > 1 the newest H − 1 or
         fewer too) never get it: they are answered, then dropped untrained.
         """
-        self._settle()  # its events are released below: their inputs must not wait
+        self._deferred.settle()  # its events are released below: their inputs must not wait
         row = ref[1]
         events = store.events
         while True:
@@ -363,60 +308,18 @@ class OnlineLearner:
             for e in store.remove(ref[1]):
                 store.events.release(e)
                 self.untrained += 1
-            self._ready.pop(ref, None)
-            self._full.pop(ref, None)
+        self._keys.remove(refs)
         self.resets[ResetReason.DROPPED] += len(refs)
-        self._batch_opened_at = self._oldest_waiting()
-
-    def _settle(self) -> None:
-        """Normalise the deferred events' inputs: in rounds, the r-th event of every key.
-
-        Each key's events fold in arrival order, and every number sees the same IEEE
-        operations as one event at a time, so the inputs are bit-identical.
-        """
-        if not self._deferred:
-            return
-        deferred, self._deferred = self._deferred, []
-        rounds: dict[int, list[tuple[KeyStateStore, int, int, np.ndarray]]] = {}
-        seen: dict[tuple[int, int], int] = {}
-        for item in deferred:
-            place = (id(item[0]), item[1])
-            r = seen.get(place, 0)
-            seen[place] = r + 1
-            rounds.setdefault(r, []).append(item)
-        for items in rounds.values():  # in round order: dicts keep insertion order
-            by_store: dict[int, list[tuple[KeyStateStore, int, int, np.ndarray]]] = {}
-            for item in items:
-                by_store.setdefault(id(item[0]), []).append(item)
-            for group in by_store.values():
-                store = group[0][0]
-                rows = np.array([item[1] for item in group], np.int64)
-                values = np.stack([item[3] for item in group])
-                z = store.feature_stats.fold_normalise_rows(rows, values)
-                store.events.x[[item[2] for item in group]] = z
+        self._keys.reopen(self._stores)
 
     # ---- batches ------------------------------------------------------------------------
 
     def _close_if_due(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Run the steps the batch-close rule calls for after an event (DESIGN §4)."""
-        if self._batch_opened_at is None and self._ready:
-            self._batch_opened_at = self._oldest_waiting()
-        while True:
-            if len(self._full) >= self.batch_size or (
-                self._full and len(self._full) == len(self._ready)
-            ):
-                self._train(list(self._full))
-            elif store.trainable[ref[1]] >= HOT_KEY_WINDOWS * self._window:
-                self._train([ref, *(r for r in self._full if r != ref)])
-            else:
-                return
-
-    def _oldest_waiting(self) -> float | None:
-        """Return when the oldest trainable event still waiting arrived, if any."""
-        for partition, row in self._ready:
-            store = self._stores[partition]
-            return float(store.events.received_at[int(store.head[row])])
-        return None
+        if self._keys.opened_at is None and self._keys.ready:
+            self._keys.reopen(self._stores)
+        while (candidates := self._keys.due(store, ref)) is not None:
+            self._train(candidates)
 
     def train(self) -> bool:
         """Close the batch now: one step over the B keys that have waited longest.
@@ -424,7 +327,7 @@ class OnlineLearner:
         Returns:
             Whether a step ran (False when no key holds a trainable event).
         """
-        return self._train(list(self._ready))
+        return self._train(list(self._keys.ready))
 
     def _train(self, candidates: list[KeyRef]) -> bool:
         self.answer_forecasts()  # a step consumes events: their forecasts must be out first
@@ -447,7 +350,7 @@ class OnlineLearner:
             raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
         self.step += 1
         self._periodic_reset()
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
         return True
 
     def _step(self, batch: Batch) -> None:
@@ -457,20 +360,7 @@ class OnlineLearner:
             batch.x, batch.y, batch.mask, batch.states
         )
         self.step_seconds.append(time.perf_counter() - started)
-        self.last_loss = loss
-        finite = math.isfinite(loss)
-        if finite:
-            self.consecutive_nonfinite = 0
-        else:
-            # The model skipped the update; its states may be NaN too: keep the old ones, and
-            # let the batch's events go untrained rather than retry them forever.
-            self.nonfinite_losses += 1
-            self.consecutive_nonfinite += 1
-            self.nonfinite_offsets += [
-                (store.partition, int(store.events.offset[e]))
-                for store, _, segment in batch.members
-                for e in segment
-            ]
+        finite = self._record_loss(loss, batch)
         for store, places in members_by_store(batch.members).items():
             if finite:
                 scatter_states(store.states, places, states)
@@ -480,6 +370,23 @@ class OnlineLearner:
         self.rows_filled = len(batch.members)
         self.step_rows.append(self.rows_filled)
         self.rows_filled_total += self.rows_filled
+
+    def _record_loss(self, loss: float, batch: Batch) -> bool:
+        """Count a step's loss; return whether it was finite (the states are usable)."""
+        self.last_loss = loss
+        if math.isfinite(loss):
+            self.consecutive_nonfinite = 0
+            return True
+        # The model skipped the update; its states may be NaN too: keep the old ones, and let
+        # the batch's events go untrained rather than retry them forever.
+        self.nonfinite_losses += 1
+        self.consecutive_nonfinite += 1
+        self.nonfinite_offsets += [
+            (store.partition, int(store.events.offset[e]))
+            for store, _, segment in batch.members
+            for e in segment
+        ]
+        return False
 
     def _answer_and_score(
         self,
@@ -510,24 +417,14 @@ class OnlineLearner:
 
     def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
         """Release a key's events that a train step consumed and requeue the key."""
-        events = store.events
-        ref = (store.partition, row)
         before = int(store.trainable[row])
         for e in store.take(row, len(segment)):
-            events.release(e)
+            store.events.release(e)
         if ok:
             self.trained_events += len(segment)
         else:
             self.untrained += len(segment)
-        left = int(store.trainable[row])
-        self._ready.pop(ref, None)
-        if left:
-            self._ready[ref] = None  # to the back of the queue
-        if before >= self._window > left:
-            self._full.pop(ref, None)
-        elif left >= self._window:
-            self._full.pop(ref, None)
-            self._full[ref] = None
+        self._keys.requeue((store.partition, row), before, int(store.trainable[row]))
 
     def _periodic_reset(self) -> None:
         every = self._stream.reset_every_steps
@@ -540,7 +437,7 @@ class OnlineLearner:
 
     def answer_forecasts(self) -> int:
         """Publish the forecasts of events not yet answered (see `Forecaster`); how many."""
-        self._settle()  # inference, and the train step that may follow, read the inputs
+        self._deferred.settle()  # inference, and the train step that may follow, read the inputs
         return self._forecaster.answer_waiting(self._stores)
 
     def flush_predictions(self, include_supervised: bool) -> int:
@@ -551,58 +448,15 @@ class OnlineLearner:
         """
         answered = self.answer_forecasts()
         if include_supervised:
-            waiting = [ref for ref in self._ready if self._stores[ref[0]].unanswered(ref[1])]
+            waiting = [ref for ref in self._keys.ready if self._stores[ref[0]].unanswered(ref[1])]
             answered += self._forecaster.answer_from_committed(self._stores, waiting)
         return answered
 
     def _publish(
         self, store: KeyStateStore, rows: list[int], answered: list[int], normalised: np.ndarray
     ) -> None:
-        """Queue the predictions of a store's events: event `answered[i]` of the key in row
-        `rows[i]`, with normalised prediction `normalised[i]`."""
-        events = store.events
-        values = normalised.astype(np.float64)
-        if self._stream.normalise:
-            values = denormalise(values, events.location[answered], events.spread[answered])
-        events.prediction[answered] = values
-        flags = events.flags[answered]
-        events.flags[answered] = flags | ANSWERED
-        names = store.keys
-        keys = [names[row] for row in rows]
-        if None in keys:
-            row = rows[keys.index(None)]
-            raise KeyError(f"row {row} of partition {store.partition} holds no key")
-        partition, step, targets = store.partition, self.step, events.target
-        if self.horizon > 1:
-            # One list of H values per target in the message (H = 1 keeps today's flat list).
-            values = values.reshape(len(answered), self.n_targets, self.horizon)
-        modes = ["forecast" if f else "supervised" for f in (flags & FORECAST_MODE).tolist()]
-        columns = zip(
-            keys,
-            answered,
-            modes,
-            events.ts[answered].tolist(),
-            events.offset[answered].tolist(),
-            events.received_at[answered].tolist(),
-            values,
-            strict=True,
-        )
-        # Positional fields (in Prediction's order): one is built per event, and keywords cost
-        # a third more.
-        self.outbox += [
-            Prediction(
-                key,
-                ts,
-                partition,
-                offset,
-                mode,
-                value,
-                None if mode == "forecast" else targets[e].copy(),
-                step,
-                received_at,
-            )
-            for key, e, mode, ts, offset, received_at, value in columns
-        ]
+        """Queue the predictions of a store's answered events (see `Outbox.publish`)."""
+        self._outbox.publish(store, rows, answered, normalised, self.step)
 
     # ---- loop hooks ---------------------------------------------------------------------
 
@@ -610,16 +464,17 @@ class OnlineLearner:
         """Publish waiting forecasts, and close batches that have waited long enough."""
         self.answer_forecasts()
         wait_ms = self._stream.max_batch_wait_ms
-        while wait_ms and self._batch_opened_at is not None:
-            if (self._clock() - self._batch_opened_at) * 1000 < wait_ms or not self.train():
+        while wait_ms and self._keys.opened_at is not None:
+            if (self._clock() - self._keys.opened_at) * 1000 < wait_ms or not self.train():
                 return
 
     def batch_due_in(self) -> float | None:
         """Return seconds until the wall-clock batch close (<= 0: due), or None if none is set."""
         wait_ms = self._stream.max_batch_wait_ms
-        if not wait_ms or self._batch_opened_at is None:
+        opened_at = self._keys.opened_at
+        if not wait_ms or opened_at is None:
             return None
-        return self._batch_opened_at + wait_ms / 1000 - self._clock()
+        return opened_at + wait_ms / 1000 - self._clock()
 
     def drain(self) -> None:
         """Train every trainable event and publish every waiting prediction."""
@@ -629,8 +484,7 @@ class OnlineLearner:
 
     def take_outbox(self) -> list[Prediction]:
         """Return and clear the queued predictions."""
-        out, self.outbox = self.outbox, []
-        return out
+        return self._outbox.take()
 
     def reset(self) -> None:
         """Forget everything learned and buffered: the state of a learner just built."""
@@ -638,21 +492,18 @@ class OnlineLearner:
 
     def ready_keys(self) -> list[KeyRef]:
         """Return the keys with trainable events, longest waiting first."""
-        return list(self._ready)
+        return list(self._keys.ready)
 
     def full_keys(self) -> list[KeyRef]:
         """Return the keys holding a full window of trainable events, longest waiting first."""
-        return list(self._full)
+        return list(self._keys.full)
 
     def adopt(
         self, stores: dict[int, KeyStateStore], ready: list[KeyRef], full: list[KeyRef]
     ) -> None:
         """Take restored stores and their keys' places in the wait lists."""
         self._stores.update(stores)
-        for ref in ready:
-            self._ready[ref] = None
-        for ref in full:
-            self._full[ref] = None
+        self._keys.adopt(ready, full)
         for partition, store in stores.items():
             self._forecaster.adopt(partition, store)
-        self._batch_opened_at = self._oldest_waiting()
+        self._keys.reopen(self._stores)
