@@ -275,6 +275,10 @@ class StateTopic:
 def _drain(consumer: KafkaConsumer, tps: list[TopicPartition]) -> Iterator[Any]:
     # A generator, so that superseded chunks are dropped as they come (Tansu keeps them all).
     ends = consumer.end_offsets(tps)
+    if not any(ends.get(tp, 0) for tp in tps):
+        # Nothing was ever written there (a first start): the polls below would only wait
+        # READ_POLL_MS + READ_IDLE_S for records that cannot come, on every assignment.
+        return
     deadline = time.monotonic() + READ_TIMEOUT_S
     while True:
         batch = consumer.poll(timeout_ms=READ_POLL_MS)
