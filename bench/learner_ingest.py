@@ -32,19 +32,18 @@ class TimedModel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
 
-    def train_step(self, *args: Any) -> Any:
+    def _timed(self, call: Any, *args: Any) -> Any:
         started = time.process_time()
         try:
-            return self.model.train_step(*args)
+            return call(*args)
         finally:
             self.cpu_s += time.process_time() - started
 
+    def train_step(self, *args: Any) -> Any:
+        return self._timed(self.model.train_step, *args)
+
     def infer(self, *args: Any) -> Any:
-        started = time.process_time()
-        try:
-            return self.model.infer(*args)
-        finally:
-            self.cpu_s += time.process_time() - started
+        return self._timed(self.model.infer, *args)
 
 
 def main() -> None:

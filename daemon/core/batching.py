@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.core.pending import HAS_Y, STARTS_SEQUENCE
+from daemon.core.pending import ANSWERED, HAS_Y, STARTS_SEQUENCE
 from daemon.core.store import KeyStateStore
 
 # One row of a batch: a key (its store and row) and the event ids laid into it, in order.
@@ -78,6 +78,24 @@ def laid_events(places: list[Place]) -> tuple[list[int], list[int], list[int], l
         at_b += [b] * len(laid)
         at_t += range(len(laid))
     return key_rows, events, at_b, at_t
+
+
+def unanswered_in(
+    store: KeyStateStore, places: list[Place], outputs: np.ndarray
+) -> tuple[list[int], list[int], np.ndarray]:
+    """Return the laid events of `places` not answered yet, for `Outbox.publish`.
+
+    Returns:
+        Each such event's key row, its id, and its row of `outputs` ([B, T, ...] of the step or
+        inference call that laid them), in batch order.
+    """
+    key_rows, laid, at_b, at_t = laid_events(places)
+    waiting = np.flatnonzero(store.events.flags[laid] & ANSWERED == 0)
+    return (
+        [key_rows[i] for i in waiting],
+        [laid[i] for i in waiting],
+        outputs[np.take(at_b, waiting), np.take(at_t, waiting)],
+    )
 
 
 def _empty(batch_size: int, width: int, n_inputs: int, n_targets: int, state_row: tuple) -> Batch:

@@ -16,10 +16,10 @@ import numpy as np
 
 from daemon.core.batching import (
     build_infer_batch,
-    laid_events,
     members_by_store,
     scatter_states,
     split_chunks,
+    unanswered_in,
 )
 from daemon.core.pending import ANSWERED, FORECAST_MODE
 from daemon.core.store import KeyStateStore
@@ -130,14 +130,8 @@ class Forecaster:
         # Once per store, not per key: the per-event work is a few numpy calls for them all.
         for store, places in members_by_store(batch.members).items():
             scatter_states(store.ahead, places, states)
-            key_rows, events, at_b, at_t = laid_events(places)
-            waiting = np.flatnonzero(store.events.flags[events] & ANSWERED == 0)
-            if len(waiting) < len(events):
-                key_rows = [key_rows[i] for i in waiting]
-                events = [events[i] for i in waiting]
-                at_b = [at_b[i] for i in waiting]
-                at_t = [at_t[i] for i in waiting]
+            key_rows, events, outputs = unanswered_in(store, places, predictions)
             if events:
-                self._publish(store, key_rows, events, predictions[at_b, at_t])
+                self._publish(store, key_rows, events, outputs)
                 answered += len(events)
         return answered

@@ -29,10 +29,10 @@ from daemon.core.batching import (
     Batch,
     Place,
     build_train_batch,
-    laid_events,
     members_by_store,
     scatter_states,
     train_segment,
+    unanswered_in,
 )
 from daemon.core.deferred import DeferredInputs
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
@@ -397,18 +397,12 @@ class OnlineLearner:
     ) -> None:
         """Answer a step's events still unanswered (supervised ones) and score the step's."""
         events = store.events
-        key_rows, laid, at_b, at_t = laid_events(places)
-        flags = events.flags[laid]
-        unanswered = np.flatnonzero(flags & ANSWERED == 0)
-        if len(unanswered):
-            self._publish(
-                store,
-                [key_rows[i] for i in unanswered],
-                [laid[i] for i in unanswered],
-                predictions[np.take(at_b, unanswered), np.take(at_t, unanswered)],
-            )
+        key_rows, unanswered, outputs = unanswered_in(store, places, predictions)
+        if unanswered:
+            self._publish(store, key_rows, unanswered, outputs)
         if ok:
-            scored = [laid[i] for i in np.flatnonzero(flags & HAS_NAIVE)]
+            laid = [e for _, _, segment in places for e in segment]
+            scored = [laid[i] for i in np.flatnonzero(events.flags[laid] & HAS_NAIVE)]
             if scored:
                 prediction, naive = events.prediction[scored], events.naive[scored]
                 target = events.target[scored]
