@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from daemon.edges.kafka_io import ensure_topics, produce_values, read_all
-from daemon.persist.checkpointing import LEARNER_META, load_npz, store_file
+from daemon.edges.state_topic import StateTopic
+from daemon.persist.checkpointing import LEARNER_META
 from daemon.tools.datasets import load_birthdays
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -84,14 +85,15 @@ class Replica:
         self.proc.kill()
         self.proc.wait(30)
 
-    def final_counts(self) -> tuple[int, int]:
-        """Return (trained + untrained events, pending events) of the newest snapshot."""
+    def finished(self) -> int:
+        """Return the trained + untrained events counted in this replica's newest snapshot.
+
+        A replica's counters only grow and every graceful stop or revoke writes them; a killed
+        replica's count ends at its last checkpoint, where its partitions' states resumed.
+        """
         newest = sorted(p for p in self.snapshots.glob("snap-*") if p.is_dir())[-1]
         meta = json.loads((newest / LEARNER_META).read_text())
-        pending = sum(
-            len(load_npz(newest / store_file(int(p)))["ev_key"]) for p in meta["partitions"]
-        )
-        return int(meta["trained_events"]) + int(meta["untrained"]), pending
+        return int(meta["trained_events"]) + int(meta["untrained"])
 
 
 def _env(broker: Any, tag: str) -> dict[str, str]:
@@ -158,11 +160,32 @@ def _covered(answers: Answers, wanted: set[tuple[int, int]]) -> bool:
     return wanted <= set(answers.counts())
 
 
-def _check_counts(replicas: list[Replica], good: int) -> None:
+def _pending(options: dict[str, Any], env: dict[str, str]) -> int:
+    """Return the events pending in every partition's newest state in the state topic.
+
+    After every replica stopped, each partition's last owner has handed its state over there.
+    Local snapshots cannot tell this: which replica held a partition last depends on whether
+    a stop came before or after the rebalance that the previous stop started.
+    """
+    kafka = {k.removeprefix("LSTMD_KAFKA__"): v for k, v in env.items() if "KAFKA__" in k}
+    states = StateTopic(
+        options, kafka["STATE_TOPIC"], f"{kafka['GROUP_ID']}/{kafka['INPUT_TOPIC']}"
+    )
+    try:
+        found = states.read(range(PARTITIONS))
+    finally:
+        states.close()
+    assert sorted(found) == list(range(PARTITIONS)), sorted(found)
+    return sum(len(state.arrays["ev_key"]) for state in found.values())
+
+
+def _check_counts(
+    replicas: list[Replica], options: dict[str, Any], env: dict[str, str], good: int
+) -> None:
     """Across replicas, every good event was trained (or ended untrained) once, or is pending."""
-    done = [replica.final_counts() for replica in replicas]
-    owner_pending = done[0][1]  # the last owner of every partition
-    assert sum(trained for trained, _ in done) + owner_pending == good, done
+    finished = [replica.finished() for replica in replicas]
+    pending = _pending(options, env)
+    assert sum(finished) + pending == good, (finished, pending)
 
 
 def _synthetic(keys: int, rounds: int, start: int = 0) -> list[tuple[bytes, bytes]]:
@@ -218,7 +241,7 @@ def test_scale_1_to_3_to_1_moves_every_state_and_trains_each_event_once(
     counts = answers.counts()
     assert set(counts) == offsets and len(offsets) == len(messages)
     assert read_all(kafka_options, env["LSTMD_KAFKA__DEAD_LETTER_TOPIC"], timeout_s=5) == []
-    _check_counts(replicas, len(messages))
+    _check_counts(replicas, kafka_options, env, len(messages))
     # Every partition that moved was restored from the state topic with the old owner's state.
     handed = {
         (line["partition"], line["offset"]): line["digest"]
@@ -276,6 +299,7 @@ def test_sigkill_of_one_of_three_hands_its_partitions_over_within_session_plus_r
     produce_values(kafka_options, topic, second)
     victim = replicas[2]
     victims = {p for p, name in owners().items() if name == victim.name}
+    earlier = {replica.name: len(replica.assigned()) for replica in replicas}
     killed_at = time.monotonic()
     victim.kill()
     _wait(
@@ -291,9 +315,8 @@ def test_sigkill_of_one_of_three_hands_its_partitions_over_within_session_plus_r
     for replica in replicas[:2]:
         replica.stop()
     assert set(answers.counts()) == offsets
-    # The victim's partitions ended with a or b; the victim's own count ends at its last
-    # checkpoint, which is where its partitions' states (and their pending events) resumed.
-    done = [replica.final_counts() for replica in replicas]
-    pending = done[0][1] + done[1][1]
-    assert sum(trained for trained, _ in done) + pending == len(messages) + len(second), done
+    _check_counts(replicas, kafka_options, env, len(messages) + len(second))
+    # Every partition assigned after the kill resumed a kept or handed-over state, never empty.
+    later = [line for r in replicas for line in r.assigned()[earlier[r.name] :]]
+    assert later and all(line["restored_from"] != "empty at the committed offset" for line in later)
     print(f"takeover after SIGKILL: {took:.1f} s")
