@@ -285,7 +285,7 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
 
         profiler = Profiler(interval=0.001)
         profiler.start()
-    steps0, calls0 = learner.step, learner.infer_calls
+    steps0, calls0, fused0 = learner.step, learner.infer_calls, learner.infer_in_steps
     started, cpu_started = time.perf_counter(), time.process_time()
     runner.run(until=until)
     cpu_us = 1e6 * (time.process_time() - cpu_started) / n  # includes the shutdown snapshot
@@ -304,6 +304,7 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
         "keys": learner.keys_in_store(),
         "rows_per_step": learner.mean_rows_filled(),
         "inference_calls": learner.infer_calls - calls0,
+        "inference_in_steps": learner.infer_in_steps - fused0,
         "shutdown_s": stopped - done["t"],
         "snapshot_save_s": save_seconds[-1] if save_seconds else None,
         "step_seconds_mean": None,
@@ -526,7 +527,8 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
         print(
             f"  {variant:8s} {r['events_per_s']:7,.0f} events/s  "
             f"{r['events_per_s'] / best_raw:.3f}x raw pipe{vs_base}  "
-            f"({r['steps']} steps, {r['inference_calls']} inference calls)"
+            f"({r['steps']} steps, {r['inference_calls']} inference calls "
+            f"+ {r['inference_in_steps']} inside steps)"
         )
         cpu = r["cpu_us_per_event"]
         print(
@@ -545,7 +547,8 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
         print(f"  best lstmd variant: {best}")
         print(
             f"\ninference calls (base): {base['inference_calls']:,} over {n:,} events = one per "
-            f"{n / max(1, base['inference_calls']):.1f} events"
+            f"{n / max(1, base['inference_calls']):.1f} events; "
+            f"{base['inference_in_steps']:,} more inference batches ran inside train step calls"
         )
         print(
             f"keys in store: {base['keys']:,}; train steps: {base['steps']:,}; "

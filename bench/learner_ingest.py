@@ -42,6 +42,9 @@ class TimedModel:
     def train_step(self, *args: Any) -> Any:
         return self._timed(self.model.train_step, *args)
 
+    def train_step_and_infer(self, *args: Any) -> Any:
+        return self._timed(self.model.train_step_and_infer, *args)
+
     def infer(self, *args: Any) -> Any:
         return self._timed(self.model.infer, *args)
 
@@ -86,7 +89,8 @@ def main() -> None:
     )
     facts = run.facts
     print(
-        f"steps {facts['train_steps']}, inference calls {facts['inference_calls']}, "
+        f"steps {facts['train_steps']}, inference calls {facts['inference_calls']} "
+        f"(+{facts['inference_batches_in_steps']} inside steps), "
         f"learner MAE {facts['learner_mae']!r}, forecasts sha256 {digest}"
     )
 

@@ -5,6 +5,8 @@ it): every key that received events runs from its state ahead, the state after i
 events, through its new ones. Keys' events are cut into chunks of at most the inference width
 that never cross a sequence start; the k-th chunks of all keys share fixed-shape calls of the
 compiled inference step, so a poll costs one call per chunk depth and `infer_batch_size` keys.
+When a batch closes, the forecasts then waiting usually fit one such batch, and run inside the
+train step's own call (`take_one_batch`, `settle`) instead of a call of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from daemon.core.batching import (
+    Batch,
     build_infer_batch,
     members_by_store,
     scatter_states,
@@ -58,7 +61,8 @@ class Forecaster:
         self._rows, self._width = model.infer_shape
         self._n_inputs, self._n_outputs = n_inputs, n_outputs
         self.waiting: dict[KeyRef, list[int]] = {}  # per key, in arrival order
-        self.calls = 0
+        self.calls = 0  # inference calls of their own
+        self.in_step = 0  # batches answered inside a train step's call (`settle`)
 
     def wait(self, ref: KeyRef, event: int) -> None:
         """Queue a forecast-mode event for the next answer."""
@@ -89,6 +93,30 @@ class Forecaster:
             jobs.append((store, row, events, store.ahead[row]))
         self.waiting = {}
         return self._infer(jobs)
+
+    def take_one_batch(self, stores: dict[int, KeyStateStore]) -> Batch | None:
+        """Take the waiting forecasts laid out as one inference batch, if they fit in one.
+
+        They fit when at most `infer_batch_size` keys wait, each with one chunk. The caller runs
+        the batch (inside its train step's call) and hands the outputs to `settle`. Otherwise
+        nothing is taken and None is returned: `answer_waiting` answers them in several calls.
+        """
+        if not self.waiting or len(self.waiting) > self._rows:
+            return None
+        chunks: list[Job] = []
+        for (partition, row), events in self.waiting.items():
+            store = stores[partition]
+            parts = split_chunks(store, events, self._width)
+            if len(parts) != 1:
+                return None
+            chunks.append((store, row, parts[0], store.ahead[row]))
+        self.waiting = {}
+        return build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
+
+    def settle(self, batch: Batch, predictions: np.ndarray, states: np.ndarray) -> int:
+        """Answer the events of a batch from `take_one_batch`, given what the model returned."""
+        self.in_step += 1
+        return self._answer(batch, predictions, states)
 
     def answer_from_committed(self, stores: dict[int, KeyStateStore], refs: list[KeyRef]) -> int:
         """Answer keys' unanswered events by inference from their committed state."""
@@ -123,9 +151,17 @@ class Forecaster:
         return answered
 
     def _infer_batch(self, chunks: list[Job]) -> int:
-        batch = build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
+        return self.run(
+            build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
+        )
+
+    def run(self, batch: Batch) -> int:
+        """Answer the events of an inference batch in a call of its own."""
         predictions, states = self._model.infer(batch.x, batch.mask, batch.states)
         self.calls += 1
+        return self._answer(batch, predictions, states)
+
+    def _answer(self, batch: Batch, predictions: np.ndarray, states: np.ndarray) -> int:
         answered = 0
         # Once per store, not per key: the per-event work is a few numpy calls for them all.
         for store, places in members_by_store(batch.members).items():

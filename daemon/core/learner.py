@@ -66,6 +66,17 @@ class StepModel(InferModel, Protocol):
         self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
     ) -> tuple[float, np.ndarray, np.ndarray]: ...
 
+    def train_step_and_infer(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        mask: np.ndarray,
+        states: np.ndarray,
+        fx: np.ndarray,
+        fmask: np.ndarray,
+        fstates: np.ndarray,
+    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
 
 class TrainStepFailed(RuntimeError):
     """A train step raised after it may have changed the model or keys' states."""
@@ -157,8 +168,13 @@ class OnlineLearner:
 
     @property
     def infer_calls(self) -> int:
-        """Return how many batched inference calls forecasts took."""
+        """Return how many batched inference calls of their own forecasts took."""
         return self._forecaster.calls
+
+    @property
+    def infer_in_steps(self) -> int:
+        """Return how many inference batches ran inside a train step's call instead."""
+        return self._forecaster.in_step
 
     def mean_rows_filled(self) -> float:
         """Return the mean number of keys per train step since start (or restore)."""
@@ -330,7 +346,13 @@ class OnlineLearner:
         return self._train(list(self._keys.ready))
 
     def _train(self, candidates: list[KeyRef]) -> bool:
-        self.answer_forecasts()  # a step consumes events: their forecasts must be out first
+        # A step consumes events and changes the weights: the forecasts waiting now must be
+        # answered first, with today's weights. When they fit one inference batch they run
+        # inside the step's call (one dispatch instead of two); otherwise in calls of their own.
+        self._deferred.settle()
+        forecasts = self._forecaster.take_one_batch(self._stores)
+        if forecasts is None:
+            self._forecaster.answer_waiting(self._stores)
         segments = []
         for partition, row in candidates:
             store = self._stores[partition]
@@ -340,12 +362,14 @@ class OnlineLearner:
                 if len(segments) == self.batch_size:
                     break
         if not segments:
+            if forecasts is not None:
+                self._forecaster.run(forecasts)
             return False
         batch = build_train_batch(
             segments, self.batch_size, self._window, self.n_inputs, self.target_width
         )
         try:
-            self._step(batch)
+            self._step(batch, forecasts)
         except Exception as exc:
             raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
         self.step += 1
@@ -353,13 +377,12 @@ class OnlineLearner:
         self._keys.reopen(self._stores)
         return True
 
-    def _step(self, batch: Batch) -> None:
-        """Run one compiled step on a batch; write its states back and settle its events."""
-        started = time.perf_counter()
-        loss, predictions, states = self._model.train_step(
-            batch.x, batch.y, batch.mask, batch.states
-        )
-        self.step_seconds.append(time.perf_counter() - started)
+    def _step(self, batch: Batch, forecasts: Batch | None) -> None:
+        """Run one compiled step on a batch; write its states back and settle its events.
+
+        `forecasts`, when given, runs in the same call before the update and is answered first.
+        """
+        loss, predictions, states = self._run_step(batch, forecasts)
         finite = self._record_loss(loss, batch)
         for store, places in members_by_store(batch.members).items():
             if finite:
@@ -370,6 +393,22 @@ class OnlineLearner:
         self.rows_filled = len(batch.members)
         self.step_rows.append(self.rows_filled)
         self.rows_filled_total += self.rows_filled
+
+    def _run_step(
+        self, batch: Batch, forecasts: Batch | None
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        if forecasts is None:
+            out = self._model.train_step(batch.x, batch.y, batch.mask, batch.states)
+            self.step_seconds.append(time.perf_counter() - started)
+            return out
+        f = forecasts
+        loss, predictions, states, answers, ahead = self._model.train_step_and_infer(
+            batch.x, batch.y, batch.mask, batch.states, f.x, f.mask, f.states
+        )
+        self.step_seconds.append(time.perf_counter() - started)
+        self._forecaster.settle(f, answers, ahead)
+        return loss, predictions, states
 
     def _record_loss(self, loss: float, batch: Batch) -> bool:
         """Count a step's loss; return whether it was finite (the states are usable)."""

@@ -87,6 +87,7 @@ def _learner_facts(learner: OnlineLearner) -> dict[str, Any]:
         "untrained": learner.untrained,
         "resets": dict(learner.resets),
         "inference_calls": learner.infer_calls,
+        "inference_batches_in_steps": learner.infer_in_steps,
         "keys_per_step": round(learner.mean_rows_filled(), 2),
         "learner_mae": learner.prequential.model_mae,  # a cross-check of the scoring
         "learner_naive_mae": learner.prequential.naive_mae,

@@ -164,6 +164,7 @@ class StatefulLSTM:
         optimizer: Adam, built before the first step so the train step traces once.
         train_traces: how many times the train step was traced (should stay 1).
         infer_traces: how many times the inference step was traced (should stay 1).
+        fused_traces: how many times the train-and-infer step was traced (should stay 1).
     """
 
     def __init__(self, settings: ModelSettings, n_inputs: int | None = None) -> None:
@@ -181,33 +182,42 @@ class StatefulLSTM:
             tf.config.experimental.enable_op_determinism()
         self.train_traces = 0
         self.infer_traces = 0
+        self.fused_traces = 0
         self.keras_model = build_keras_model(settings, self.n_inputs)
         self.optimizer = keras.optimizers.Adam(
             learning_rate=settings.learning_rate, clipnorm=settings.clipnorm
         )
         # Building now keeps variable creation out of the traced step.
         self.optimizer.build(self.keras_model.trainable_variables)
-        t, b = settings.window, settings.batch_size
-        self._train = self._compile(self._train_body, b, t, with_targets=True)
+        t, b, r = settings.window, settings.batch_size, settings.infer_batch_size
+        train_spec = self._spec(b, t, with_targets=True)
         # One more timestep than a train row: a key's full window of pending events and the
         # newest one fit in one inference row.
-        self._infer = self._compile(self._infer_body, settings.infer_batch_size, t + 1)
+        infer_spec = self._spec(r, t + 1, prefix="forecast_")
+        self._train = self._compile(self._train_body, train_spec)
+        self._infer = self._compile(self._infer_body, infer_spec)
+        self._train_and_infer = self._compile(self._train_and_infer_body, train_spec + infer_spec)
 
-    def _compile(self, body, rows: int, steps: int, with_targets: bool = False) -> _CompiledStep:
-        """Wrap `body` in a tf.function with a fixed signature and trace it now."""
+    def _spec(
+        self, rows: int, steps: int, with_targets: bool = False, prefix: str = ""
+    ) -> list[tf.TensorSpec]:
+        """Return the input signature of a step over `rows` rows of `steps` timesteps."""
         s = self.settings
-        spec = [tf.TensorSpec((rows, steps, self.n_inputs), tf.float32, name="x")]
+        spec = [tf.TensorSpec((rows, steps, self.n_inputs), tf.float32, name=f"{prefix}x")]
         if with_targets:
             outputs = s.n_targets * s.horizon
-            spec.append(tf.TensorSpec((rows, steps, outputs), tf.float32, name="y"))
+            spec.append(tf.TensorSpec((rows, steps, outputs), tf.float32, name=f"{prefix}y"))
         spec += [
-            tf.TensorSpec((rows, steps), tf.bool, name="mask"),
-            tf.TensorSpec((s.layers, 2, rows, s.units), tf.float32, name="states"),
+            tf.TensorSpec((rows, steps), tf.bool, name=f"{prefix}mask"),
+            tf.TensorSpec((s.layers, 2, rows, s.units), tf.float32, name=f"{prefix}states"),
         ]
+        return spec
+
+    def _compile(self, body, spec: list[tf.TensorSpec]) -> _CompiledStep:
+        """Wrap `body` in a tf.function with a fixed signature and trace it now."""
         fn = tf.function(body, input_signature=spec, jit_compile=False, reduce_retracing=False)
-        with _unrolled(self.keras_model, steps):
-            # Calling the concrete function skips tf.function's argument binding on the hot path.
-            return _CompiledStep(fn.get_concrete_function())
+        # Calling the concrete function skips tf.function's argument binding on the hot path.
+        return _CompiledStep(fn.get_concrete_function())
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
@@ -233,9 +243,13 @@ class StatefulLSTM:
 
     def _train_body(self, x, y, mask, states):
         self.train_traces += 1  # Python side effect: runs only while tracing.
+        return self._train_graph(x, y, mask, states)
+
+    def _train_graph(self, x, y, mask, states):
         variables = self.keras_model.trainable_variables
         with tf.GradientTape() as tape:
-            preds, new = self._forward(x, mask, states, training=True)
+            with _unrolled(self.keras_model, self.settings.window):
+                preds, new = self._forward(x, mask, states, training=True)
             loss = masked_loss(self.settings.loss, y, preds, mask)
         grads = tape.gradient(loss, variables)
         # One fused reduction: the global norm is finite only if every gradient is.
@@ -254,7 +268,19 @@ class StatefulLSTM:
 
     def _infer_body(self, x, mask, states):
         self.infer_traces += 1  # Python side effect: runs only while tracing.
-        return self._forward(x, mask, states, training=False)
+        return self._infer_graph(x, mask, states)
+
+    def _infer_graph(self, x, mask, states):
+        with _unrolled(self.keras_model, self.settings.window + 1):
+            return self._forward(x, mask, states, training=False)
+
+    def _train_and_infer_body(self, x, y, mask, states, fx, fmask, fstates):
+        self.fused_traces += 1  # Python side effect: runs only while tracing.
+        # Program order is execution order here: tf.function's automatic control dependencies
+        # run the forecast's reads of the weights before the train step's update writes them.
+        forecast, forecast_states = self._infer_graph(fx, fmask, fstates)
+        loss, preds, new = self._train_graph(x, y, mask, states)
+        return loss, preds, new, forecast, forecast_states
 
     def train_step(self, x, y, mask, states) -> tuple[float, np.ndarray, np.ndarray]:
         """Run one test-then-train step from `states`.
@@ -275,6 +301,26 @@ class StatefulLSTM:
         """
         loss, preds, new = self._train(x, y, mask, states)
         return float(loss), preds.numpy(), new.numpy()
+
+    def train_step_and_infer(
+        self, x, y, mask, states, fx, fmask, fstates
+    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Run `infer(fx, fmask, fstates)` and then `train_step(x, y, mask, states)` in one call.
+
+        One dispatch instead of two: the forecasts waiting when a batch closes must be answered
+        with the weights from before its step, and this answers them in the step's own call.
+
+        Returns:
+            `train_step`'s loss, predictions and states, then `infer`'s predictions and states,
+            each exactly what the two calls made one after the other would return.
+
+        Raises:
+            ValueError: an argument's shape differs from the settings'.
+        """
+        loss, preds, new, forecast, forecast_states = self._train_and_infer(
+            x, y, mask, states, fx, fmask, fstates
+        )
+        return float(loss), preds.numpy(), new.numpy(), forecast.numpy(), forecast_states.numpy()
 
     def infer(self, x, mask, states) -> tuple[np.ndarray, np.ndarray]:
         """Run a forward pass only; weights and the caller's states stay unchanged.

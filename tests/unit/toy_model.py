@@ -22,6 +22,7 @@ class ToyModel:
         self._infer_shape = infer_shape or (batch_size, 4)
         self.train_calls = []
         self.infer_calls = 0
+        self.infer_calls_in_steps = 0
 
     @property
     def state_shape(self):
@@ -57,6 +58,11 @@ class ToyModel:
         err = ((predictions - y) ** 2).mean(axis=-1)
         loss = float((err * mask).sum() / max(mask.sum(), 1))
         return loss, predictions, new_states
+
+    def train_step_and_infer(self, x, y, mask, states, fx, fmask, fstates):
+        self.infer_calls_in_steps += 1
+        forecast, forecast_states = self._run(fx, fmask, fstates)
+        return (*self.train_step(x, y, mask, states), forecast, forecast_states)
 
     def infer(self, x, mask, states):
         self.infer_calls += 1

@@ -146,6 +146,41 @@ def test_forecasts_of_a_poll_take_one_inference_call_per_chunk_depth():
     assert len(learner.take_outbox()) == 240
 
 
+class _Drifting(ToyModel):
+    """The toy model whose output weights move with every train step, as learning would."""
+
+    def train_step(self, x, y, mask, states):
+        out = super().train_step(x, y, mask, states)
+        self.wo = self.wo + 0.5
+        return out
+
+
+def _forecasts_through(infer_rows):
+    settings = _settings(batch_size=2, window=2)
+    model = _Drifting.for_settings(settings, infer_shape=(infer_rows, 3))
+    learner = OnlineLearner(settings, model, clock=lambda: 0.0)
+    published = {}
+    for offset, event in enumerate(_stream(["a", "b", "c"], days=8)):
+        learner.ingest(event, 0, offset)  # one long poll: batches close inside it
+        published.update({p.offset: p.prediction for p in learner.take_outbox()})
+    learner.drain()
+    published.update({p.offset: p.prediction for p in learner.take_outbox()})
+    return published, learner, model
+
+
+def test_forecasts_waiting_when_a_batch_closes_are_answered_with_the_weights_before_it():
+    """Inside the step's call when they fit one inference batch, else in calls of their own
+    first: either way each forecast is the one the weights before the step give."""
+    fused, learner, model = _forecasts_through(infer_rows=64)  # three keys: always one batch
+    assert learner.step >= 3 and learner.infer_in_steps == model.infer_calls_in_steps
+    assert learner.infer_in_steps >= learner.step - 1
+    apart, learner, model = _forecasts_through(infer_rows=1)  # >1 key waiting: own calls
+    assert learner.infer_calls > learner.step
+    assert sorted(fused) == sorted(apart) == list(range(24))
+    for offset in fused:
+        np.testing.assert_allclose(fused[offset], apart[offset], rtol=1e-6)
+
+
 def test_reset_flag_starts_a_new_sequence_from_zero_state():
     # Statistics and the derived features' history outlive a reset (they describe the key, not
     # the sequence): only the LSTM state is compared, so neither may differ here.

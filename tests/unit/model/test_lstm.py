@@ -123,8 +123,10 @@ def test_steps_trace_once_across_fills_resets_and_swaps(model2: StatefulLSTM) ->
         states[:, :, rng.integers(B)] = 0.0  # A reset.
         states = states[:, :, rng.permutation(B)]  # Evictions and swaps.
         xi = rng.normal(size=(B, T + 1, F))
-        model2.infer(xi, np.arange(T + 1)[None, :] < (lengths[:, None] + 1), states)
-    assert (model2.train_traces, model2.infer_traces) == (1, 1)
+        mi = np.arange(T + 1)[None, :] < (lengths[:, None] + 1)
+        model2.infer(xi, mi, states)
+        model2.train_step_and_infer(x, y, mask, states, xi, mi, states)
+    assert (model2.train_traces, model2.infer_traces, model2.fused_traces) == (1, 1, 1)
 
 
 def test_fully_masked_row_keeps_its_state_exactly(model2: StatefulLSTM) -> None:
@@ -313,3 +315,35 @@ def test_the_flat_call_gives_what_the_concrete_functions_public_call_gives() -> 
     )
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_train_step_and_infer_is_infer_then_train_step_in_one_call() -> None:
+    """The fused call answers forecasts with the weights from before its update, bit for bit.
+
+    Two models built alike: one runs `infer` then `train_step` as two calls, the other the
+    fused call. Outputs, the weights and Adam's moments after every step must be identical, so
+    a forecast answered inside a step is the one its own call would have given.
+    """
+    fused, apart = StatefulLSTM(_settings(layers=2)), StatefulLSTM(_settings(layers=2))
+    rng = np.random.default_rng(12)
+    states = _random_states(fused, rng)
+    ahead = _random_states(fused, rng)
+    for _ in range(3):
+        x, y = _batch(rng)
+        mask = _full_mask()
+        mask[2, 1:] = False
+        fx = rng.normal(size=(B, T + 1, F)).astype(np.float32)
+        fmask = np.arange(T + 1)[None, :] < np.array([[T + 1], [2], [0], [1]])
+        got = fused.train_step_and_infer(x, y, mask, states, fx, fmask, ahead)
+        expected = (*apart.infer(fx, fmask, ahead), *apart.train_step(x, y, mask, states))
+        np.testing.assert_array_equal(got[3], expected[0])  # the forecasts
+        np.testing.assert_array_equal(got[4], expected[1])
+        assert got[0] == expected[2]  # the loss
+        np.testing.assert_array_equal(got[1], expected[3])
+        np.testing.assert_array_equal(got[2], expected[4])
+        states, ahead = got[2], got[4]
+    for w_fused, w_apart in zip(fused.get_weights(), apart.get_weights(), strict=True):
+        np.testing.assert_array_equal(w_fused, w_apart)
+    for name, value in fused.optimizer_state().items():
+        np.testing.assert_array_equal(value, apart.optimizer_state()[name])
+    assert fused.fused_traces == 1 and (fused.train_traces, fused.infer_traces) == (1, 1)
