@@ -87,7 +87,6 @@ class OnlineLearner:
         self, settings: Settings, model: StepModel, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._settings = settings
-        self._model_settings = settings.model
         self._stream = settings.stream
         self._model = model
         self._clock = clock
