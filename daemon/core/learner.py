@@ -8,6 +8,8 @@ event in its key's pending queue and runs the loop's order; the concepts live ne
 - `TargetAssembly` (`targets.py`): an event becomes trainable once its target is known;
 - `ReadyKeys` (`ready_keys.py`): keys waiting to train, and the batch-close rule;
 - `batching.py`: up to B ready keys × T events in one fixed-shape train step;
+- `Trainer` (`train_step.py`): runs the step a closed batch calls for, and counts what training
+  did (the learner's `step`, `untrained`, `resets`, ... are its counters);
 - `Forecaster` (`forecasts.py`): forecasts answered once per poll (or before a step that would
   consume them) by batched inference from each key's state ahead;
 - `Outbox` (`outbox.py`): one `Prediction` per answered event, until the runner takes them.
@@ -17,79 +19,74 @@ The model is injected so this module never imports TensorFlow itself.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, TypeVar
 
 import numpy as np
 
-from daemon.core.batching import (
-    Batch,
-    Place,
-    build_train_batch,
-    members_by_store,
-    scatter_states,
-    train_segment,
-    unanswered_in,
-)
 from daemon.core.deferred import DeferredInputs
 from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
-from daemon.core.forecasts import Forecaster, InferModel, KeyRef
+from daemon.core.forecasts import Forecaster, KeyRef
 from daemon.core.outbox import Outbox
-from daemon.core.pending import (
-    ANSWERED,
-    FORECAST_MODE,
-    HAS_NAIVE,
-    HAS_Y,
-    NO_EVENT,
-    STARTS_SEQUENCE,
-)
+from daemon.core.pending import ANSWERED, FORECAST_MODE, HAS_NAIVE, HAS_Y, NO_EVENT, STARTS_SEQUENCE
 from daemon.core.prequential import Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.core.targets import TargetAssembly
+from daemon.core.train_step import StepModel, Trainer, TrainStepFailed
 from daemon.settings import Settings
 
+__all__ = ["KeyRef", "OnlineLearner", "StepModel", "TrainStepFailed"]
 
-class StepModel(InferModel, Protocol):
-    """What the learner needs from the model (see `daemon.model.lstm.StatefulLSTM`)."""
-
-    @property
-    def state_shape(self) -> tuple[int, int, int, int]: ...
-
-    def train_step(
-        self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
-    ) -> tuple[float, np.ndarray, np.ndarray]: ...
-
-    def train_step_and_infer(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        mask: np.ndarray,
-        states: np.ndarray,
-        fx: np.ndarray,
-        fmask: np.ndarray,
-        fstates: np.ndarray,
-    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+T = TypeVar("T")
 
 
-class TrainStepFailed(RuntimeError):
-    """A train step raised after it may have changed the model or keys' states."""
+class _OfTrainer(Generic[T]):
+    """A learner attribute that is its `Trainer`'s attribute of the same name.
+
+    The train step's counters live in `Trainer`; the runner, metrics, checkpoints and snapshots
+    read (and restore) them as `learner.step`, `learner.untrained`, ... as before, and ingest
+    adds its untrained events and resets to the same counters.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, learner: OnlineLearner, owner: type | None = None) -> T:
+        return getattr(learner._trainer, self._name)
+
+    def __set__(self, learner: OnlineLearner, value: T) -> None:
+        setattr(learner._trainer, self._name, value)
 
 
 class OnlineLearner:
     """Keep every key's state in its partition's store and train one step per closed batch."""
 
+    # What training did so far (see `Trainer`).
+    step = _OfTrainer[int]()
+    last_loss = _OfTrainer[float]()
+    resets = _OfTrainer[Counter[str]]()  # state resets by reason, ingest's and periodic ones
+    untrained = _OfTrainer[int]()  # events never trained: no target (sequence end), lost state
+    trained_events = _OfTrainer[int]()  # timesteps trained on: each accepted event at most once
+    prequential = _OfTrainer[Prequential]()  # since start: the demo's, the report's
+    rolling = _OfTrainer[RollingPrequential]()
+    nonfinite_losses = _OfTrainer[int]()
+    consecutive_nonfinite = _OfTrainer[int]()
+    nonfinite_offsets = _OfTrainer[list[tuple[int, int]]]()  # the runner logs and clears it
+    rows_filled = _OfTrainer[int]()  # keys in the last train step
+    rows_filled_total = _OfTrainer[int]()
+    step_seconds = _OfTrainer[list[float]]()  # drained by the runner into a histogram
+    step_rows = _OfTrainer[list[int]]()  # likewise: keys filled per step
+
     def __init__(
         self, settings: Settings, model: StepModel, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._settings = settings
-        self._model_settings = settings.model
         self._stream = settings.stream
         self._model = model
         self._clock = clock
@@ -108,27 +105,13 @@ class OnlineLearner:
         self._stores: dict[int, KeyStateStore] = {}
         self._deferred = DeferredInputs()  # inputs normalised later, in rounds over keys
         self._outbox = Outbox(settings.stream.normalise, self.n_targets, self.horizon)
-        self.step = 0
-        self.last_loss = float("nan")
-        self.resets: Counter[str] = Counter()
-        self.untrained = 0  # events that never got a target (end of a sequence) or lost state
-        self.trained_events = 0  # timesteps trained on: each accepted event at most once
-        self.prequential = Prequential(self.horizon)  # since start: the demo's, the report's
-        self.rolling = RollingPrequential(settings.metrics.prequential_window)
-        self.nonfinite_losses = 0
-        self.consecutive_nonfinite = 0
-        # (partition, offset) of the events of non-finite steps; the runner logs and clears it.
-        self.nonfinite_offsets: list[tuple[int, int]] = []
-        self.rows_filled = 0  # keys in the last train step
-        self.rows_filled_total = 0
-        self.step_seconds: list[float] = []  # drained by the runner into a histogram
-        self.step_rows: list[int] = []  # likewise: keys filled per step
         self.stamp = 0  # events ingested: the recency clock of `stream.max_keys`
         self._keys = ReadyKeys(self._window, self.batch_size)  # which keys wait to train
         self._targets = TargetAssembly(
             self.n_targets, self.horizon, settings.stream.normalise, self._keys
         )
         self._forecaster = Forecaster(model, self._publish, self.n_inputs, self.target_width)
+        self._trainer = Trainer(settings, model, self._forecaster, self._keys, self._outbox)
 
     # ---- stores -------------------------------------------------------------------------
 
@@ -346,125 +329,8 @@ class OnlineLearner:
         return self._train(list(self._keys.ready))
 
     def _train(self, candidates: list[KeyRef]) -> bool:
-        # A step consumes events and changes the weights: the forecasts waiting now must be
-        # answered first, with today's weights. When they fit one inference batch they run
-        # inside the step's call (one dispatch instead of two); otherwise in calls of their own.
-        self._deferred.settle()
-        forecasts = self._forecaster.take_one_batch(self._stores)
-        if forecasts is None:
-            self._forecaster.answer_waiting(self._stores)
-        segments = []
-        for partition, row in candidates:
-            store = self._stores[partition]
-            segment = train_segment(store, row, self._window)
-            if segment:
-                segments.append((store, row, segment))
-                if len(segments) == self.batch_size:
-                    break
-        if not segments:
-            if forecasts is not None:
-                self._forecaster.run(forecasts)
-            return False
-        batch = build_train_batch(
-            segments, self.batch_size, self._window, self.n_inputs, self.target_width
-        )
-        try:
-            self._step(batch, forecasts)
-        except Exception as exc:
-            raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
-        self.step += 1
-        self._periodic_reset()
-        self._keys.reopen(self._stores)
-        return True
-
-    def _step(self, batch: Batch, forecasts: Batch | None) -> None:
-        """Run one compiled step on a batch; write its states back and settle its events.
-
-        `forecasts`, when given, runs in the same call before the update and is answered first.
-        """
-        loss, predictions, states = self._run_step(batch, forecasts)
-        finite = self._record_loss(loss, batch)
-        for store, places in members_by_store(batch.members).items():
-            if finite:
-                scatter_states(store.states, places, states)
-            self._answer_and_score(store, places, predictions, finite)
-            for _, row, segment in places:
-                self._consume(store, row, segment, finite)
-        self.rows_filled = len(batch.members)
-        self.step_rows.append(self.rows_filled)
-        self.rows_filled_total += self.rows_filled
-
-    def _run_step(
-        self, batch: Batch, forecasts: Batch | None
-    ) -> tuple[float, np.ndarray, np.ndarray]:
-        started = time.perf_counter()
-        if forecasts is None:
-            out = self._model.train_step(batch.x, batch.y, batch.mask, batch.states)
-            self.step_seconds.append(time.perf_counter() - started)
-            return out
-        f = forecasts
-        loss, predictions, states, answers, ahead = self._model.train_step_and_infer(
-            batch.x, batch.y, batch.mask, batch.states, f.x, f.mask, f.states
-        )
-        self.step_seconds.append(time.perf_counter() - started)
-        self._forecaster.settle(f, answers, ahead)
-        return loss, predictions, states
-
-    def _record_loss(self, loss: float, batch: Batch) -> bool:
-        """Count a step's loss; return whether it was finite (the states are usable)."""
-        self.last_loss = loss
-        if math.isfinite(loss):
-            self.consecutive_nonfinite = 0
-            return True
-        # The model skipped the update; its states may be NaN too: keep the old ones, and let
-        # the batch's events go untrained rather than retry them forever.
-        self.nonfinite_losses += 1
-        self.consecutive_nonfinite += 1
-        self.nonfinite_offsets += [
-            (store.partition, int(store.events.offset[e]))
-            for store, _, segment in batch.members
-            for e in segment
-        ]
-        return False
-
-    def _answer_and_score(
-        self,
-        store: KeyStateStore,
-        places: list[Place],
-        predictions: np.ndarray,
-        ok: bool,
-    ) -> None:
-        """Answer a step's events still unanswered (supervised ones) and score the step's."""
-        events = store.events
-        key_rows, unanswered, outputs = unanswered_in(store, places, predictions)
-        if unanswered:
-            self._publish(store, key_rows, unanswered, outputs)
-        if ok:
-            laid = [e for _, _, segment in places for e in segment]
-            scored = [laid[i] for i in np.flatnonzero(events.flags[laid] & HAS_NAIVE)]
-            if scored:
-                prediction, naive = events.prediction[scored], events.naive[scored]
-                target = events.target[scored]
-                self.prequential.add(prediction, naive, target)
-                self.rolling.add(prediction, naive, target)
-
-    def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
-        """Release a key's events that a train step consumed and requeue the key."""
-        before = int(store.trainable[row])
-        for e in store.take(row, len(segment)):
-            store.events.release(e)
-        if ok:
-            self.trained_events += len(segment)
-        else:
-            self.untrained += len(segment)
-        self._keys.requeue((store.partition, row), before, int(store.trainable[row]))
-
-    def _periodic_reset(self) -> None:
-        every = self._stream.reset_every_steps
-        if every and self.step % every == 0:
-            self.resets[ResetReason.PERIODIC] += sum(
-                s.zero_all_states() for s in self._stores.values()
-            )
+        self._deferred.settle()  # the step, and the forecasts answered before it, read inputs
+        return self._trainer.train(self._stores, candidates)
 
     # ---- predictions --------------------------------------------------------------------
 

@@ -1,0 +1,242 @@
+"""The train step: one fixed-shape model call over up to B ready keys, and its bookkeeping. Pure.
+
+`OnlineLearner` decides when a batch closes; `Trainer` runs the step it closed: it answers the
+forecasts waiting (inside the step's own call when they fit one inference batch), lays the
+candidate keys' trainable events into a batch, calls the model, writes the keys' states back,
+answers and scores the step's events, releases them and requeues the keys. It owns the counters
+of what training did (steps, losses, events trained or lost, resets), which the runner, metrics,
+checkpoints and snapshots read through the learner.
+
+The model is injected so this module never imports TensorFlow itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from typing import Protocol
+
+import numpy as np
+
+from daemon.core.batching import (
+    Batch,
+    Member,
+    Place,
+    build_train_batch,
+    members_by_store,
+    scatter_states,
+    train_segment,
+    unanswered_in,
+)
+from daemon.core.derived import input_names
+from daemon.core.forecasts import Forecaster, InferModel, KeyRef
+from daemon.core.outbox import Outbox
+from daemon.core.pending import HAS_NAIVE
+from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.ready_keys import ReadyKeys
+from daemon.core.store import KeyStateStore, ResetReason
+from daemon.settings import Settings
+
+
+class StepModel(InferModel, Protocol):
+    """What the learner needs from the model (see `daemon.model.lstm.StatefulLSTM`)."""
+
+    @property
+    def state_shape(self) -> tuple[int, int, int, int]: ...
+
+    def train_step(
+        self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]: ...
+
+    def train_step_and_infer(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        mask: np.ndarray,
+        states: np.ndarray,
+        fx: np.ndarray,
+        fmask: np.ndarray,
+        fstates: np.ndarray,
+    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class TrainStepFailed(RuntimeError):
+    """A train step raised after it may have changed the model or keys' states."""
+
+
+class Trainer:
+    """Run train steps over ready keys and count what they did.
+
+    Two counters are shared with the learner's ingest, which adds to them through the learner:
+    `untrained` (events lost at a sequence end or a dropped key, besides those of non-finite
+    steps here) and `resets` (state resets by reason; the periodic ones are counted here).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: StepModel,
+        forecaster: Forecaster,
+        keys: ReadyKeys,
+        outbox: Outbox,
+    ) -> None:
+        """Set up for the settings' window and widths, sharing the learner's collaborators."""
+        self._model = model
+        self._forecaster = forecaster
+        self._keys = keys
+        self._outbox = outbox
+        self._window = settings.model.window
+        self._batch_size = model.state_shape[2]
+        self._n_inputs = len(input_names(settings))
+        self._target_width = settings.model.n_targets * settings.model.horizon
+        self._reset_every = settings.stream.reset_every_steps
+        self.step = 0
+        self.last_loss = float("nan")
+        self.resets: Counter[str] = Counter()
+        self.untrained = 0  # events that never got a target (end of a sequence) or lost state
+        self.trained_events = 0  # timesteps trained on: each accepted event at most once
+        self.prequential = Prequential(settings.model.horizon)  # since start: demo's, report's
+        self.rolling = RollingPrequential(settings.metrics.prequential_window)
+        self.nonfinite_losses = 0
+        self.consecutive_nonfinite = 0
+        # (partition, offset) of the events of non-finite steps; the runner logs and clears it.
+        self.nonfinite_offsets: list[tuple[int, int]] = []
+        self.rows_filled = 0  # keys in the last train step
+        self.rows_filled_total = 0
+        self.step_seconds: list[float] = []  # drained by the runner into a histogram
+        self.step_rows: list[int] = []  # likewise: keys filled per step
+
+    def train(self, stores: dict[int, KeyStateStore], candidates: list[KeyRef]) -> bool:
+        """Run one step over the first B candidates that hold trainable events.
+
+        A step consumes events and changes the weights: the forecasts waiting now are answered
+        first, with today's weights. When they fit one inference batch they run inside the
+        step's call (one dispatch instead of two); otherwise in calls of their own. The events'
+        inputs must be normalised already.
+
+        Returns:
+            Whether a step ran (False when no candidate holds a trainable event).
+
+        Raises:
+            TrainStepFailed: the model raised; it or the keys' states may be half updated.
+        """
+        forecasts = self._forecaster.take_one_batch(stores)
+        if forecasts is None:
+            self._forecaster.answer_waiting(stores)
+        segments = self._segments(stores, candidates)
+        if not segments:
+            if forecasts is not None:
+                self._forecaster.run(forecasts)
+            return False
+        batch = build_train_batch(
+            segments, self._batch_size, self._window, self._n_inputs, self._target_width
+        )
+        try:
+            self._step(batch, forecasts)
+        except Exception as exc:
+            raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
+        self.step += 1
+        self._periodic_reset(stores)
+        self._keys.reopen(stores)
+        return True
+
+    def _segments(self, stores: dict[int, KeyStateStore], candidates: list[KeyRef]) -> list[Member]:
+        """Return up to B candidates' (store, row, events to train), in the candidates' order."""
+        segments: list[Member] = []
+        for partition, row in candidates:
+            store = stores[partition]
+            segment = train_segment(store, row, self._window)
+            if segment:
+                segments.append((store, row, segment))
+                if len(segments) == self._batch_size:
+                    break
+        return segments
+
+    def _step(self, batch: Batch, forecasts: Batch | None) -> None:
+        """Run one compiled step on a batch; write its states back and settle its events.
+
+        `forecasts`, when given, runs in the same call before the update and is answered first.
+        """
+        loss, predictions, states = self._run_step(batch, forecasts)
+        finite = self._record_loss(loss, batch)
+        for store, places in members_by_store(batch.members).items():
+            if finite:
+                scatter_states(store.states, places, states)
+            self._answer_and_score(store, places, predictions, finite)
+            for _, row, segment in places:
+                self._consume(store, row, segment, finite)
+        self.rows_filled = len(batch.members)
+        self.step_rows.append(self.rows_filled)
+        self.rows_filled_total += self.rows_filled
+
+    def _run_step(
+        self, batch: Batch, forecasts: Batch | None
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        if forecasts is None:
+            out = self._model.train_step(batch.x, batch.y, batch.mask, batch.states)
+            self.step_seconds.append(time.perf_counter() - started)
+            return out
+        f = forecasts
+        loss, predictions, states, answers, ahead = self._model.train_step_and_infer(
+            batch.x, batch.y, batch.mask, batch.states, f.x, f.mask, f.states
+        )
+        self.step_seconds.append(time.perf_counter() - started)
+        self._forecaster.settle(f, answers, ahead)
+        return loss, predictions, states
+
+    def _record_loss(self, loss: float, batch: Batch) -> bool:
+        """Count a step's loss; return whether it was finite (the states are usable)."""
+        self.last_loss = loss
+        if math.isfinite(loss):
+            self.consecutive_nonfinite = 0
+            return True
+        # The model skipped the update; its states may be NaN too: keep the old ones, and let
+        # the batch's events go untrained rather than retry them forever.
+        self.nonfinite_losses += 1
+        self.consecutive_nonfinite += 1
+        self.nonfinite_offsets += [
+            (store.partition, int(store.events.offset[e]))
+            for store, _, segment in batch.members
+            for e in segment
+        ]
+        return False
+
+    def _answer_and_score(
+        self,
+        store: KeyStateStore,
+        places: list[Place],
+        predictions: np.ndarray,
+        ok: bool,
+    ) -> None:
+        """Answer a step's events still unanswered (supervised ones) and score the step's."""
+        events = store.events
+        key_rows, unanswered, outputs = unanswered_in(store, places, predictions)
+        if unanswered:
+            self._outbox.publish(store, key_rows, unanswered, outputs, self.step)
+        if ok:
+            laid = [e for _, _, segment in places for e in segment]
+            scored = [laid[i] for i in np.flatnonzero(events.flags[laid] & HAS_NAIVE)]
+            if scored:
+                prediction, naive = events.prediction[scored], events.naive[scored]
+                target = events.target[scored]
+                self.prequential.add(prediction, naive, target)
+                self.rolling.add(prediction, naive, target)
+
+    def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
+        """Release a key's events that a train step consumed and requeue the key."""
+        before = int(store.trainable[row])
+        for e in store.take(row, len(segment)):
+            store.events.release(e)
+        if ok:
+            self.trained_events += len(segment)
+        else:
+            self.untrained += len(segment)
+        self._keys.requeue((store.partition, row), before, int(store.trainable[row]))
+
+    def _periodic_reset(self, stores: dict[int, KeyStateStore]) -> None:
+        """Zero every key's state each `stream.reset_every_steps` steps (0: never)."""
+        every = self._reset_every
+        if every and self.step % every == 0:
+            self.resets[ResetReason.PERIODIC] += sum(s.zero_all_states() for s in stores.values())
