@@ -135,6 +135,9 @@ def build_train_batch(
 
 def split_chunks(store: KeyStateStore, events: list[int], width: int) -> list[list[int]]:
     """Cut a key's events into runs of at most `width` that never cross a sequence start."""
+    if len(events) == 1:
+        # The usual case with many keys: one new event per key per poll, one chunk as it is.
+        return [events]
     flags = store.events.flags
     chunks: list[list[int]] = []
     current: list[int] = []

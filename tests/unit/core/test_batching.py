@@ -76,6 +76,9 @@ def test_chunks_are_at_most_the_width_and_split_at_a_sequence_start():
     chunks = split_chunks(store, store.queue(row), 3)
     offsets = [[int(store.events.offset[e]) for e in chunk] for chunk in chunks]
     assert offsets == [[1, 2, 3], [4], [5, 6]]
+    first = store.queue(row)[:1]
+    assert split_chunks(store, first, 3) == [first]
+    assert split_chunks(store, [], 3) == []
 
 
 def test_infer_batch_runs_each_chunk_from_its_given_state_or_zero_at_a_sequence_start():
