@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer
@@ -37,10 +38,19 @@ OFFSETS_TIMEOUT_MS = 1000
 # How often the IO loop checks whether a rebalance callback's worker thread is done. Short
 # against a join's seconds; the loop serves heartbeats and commits in between.
 REBALANCE_CALLBACK_POLL_S = 0.01
+# The early join's poll: how long `attach` may wait for the joining thread to notice it is done.
+JOIN_POLL_MS = 50
 
 
 def _keys(partitions: Iterable[TopicPartition]) -> set[PartitionKey]:
     return {(tp.topic, tp.partition) for tp in partitions}
+
+
+@dataclass(frozen=True)
+class _Callbacks:
+    on_assign: PartitionCallback | None = None
+    on_revoke: PartitionCallback | None = None
+    on_lost: PartitionCallback | None = None
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -56,35 +66,27 @@ class _Listener(AsyncConsumerRebalanceListener):
     callback has the learner to itself.
     """
 
-    def __init__(
-        self,
-        net: Any,
-        on_assign: PartitionCallback | None,
-        on_revoke: PartitionCallback | None,
-        on_lost: PartitionCallback | None,
-        counts: Counter[str],
-    ) -> None:
+    def __init__(self, net: Any, callbacks: _Callbacks, counts: Counter[str]) -> None:
         self._net = net
-        self._on_assign = on_assign
-        self._on_revoke = on_revoke
-        self._on_lost = on_lost
+        # Read at each call: `EventSource.attach` replaces the early join's holding callbacks.
+        self.callbacks = callbacks
         self._counts = counts
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         keys = _keys(revoked)
         if keys:
             self._counts["revoked"] += 1
-        await self._off_loop(self._on_revoke, keys)
+        await self._off_loop(self.callbacks.on_revoke, keys)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._counts["assigned"] += 1
-        await self._off_loop(self._on_assign, _keys(assigned))
+        await self._off_loop(self.callbacks.on_assign, _keys(assigned))
 
     async def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
         # Not a revoke: the group already gave these away, so nothing may be committed for them.
         self._counts["lost"] += 1
         log.warning("partitions lost", extra={"partitions": sorted(p for _, p in _keys(lost))})
-        await self._off_loop(self._on_lost, _keys(lost))
+        await self._off_loop(self.callbacks.on_lost, _keys(lost))
 
     async def _off_loop(self, callback: PartitionCallback | None, keys: set[PartitionKey]) -> None:
         if callback is None:
@@ -153,8 +155,76 @@ class EventSource:
         self._topic = kafka.input_topic
         self._counts: Counter[str] = Counter()
         # kafka-python 3's IO loop: the listener yields to it while a callback runs.
-        listener = _Listener(self._consumer._net, on_assign, on_revoke, on_lost, self._counts)
-        self._consumer.subscribe([kafka.input_topic], listener=listener)
+        callbacks = _Callbacks(on_assign, on_revoke, on_lost)
+        self._listener = _Listener(self._consumer._net, callbacks, self._counts)
+        self._consumer.subscribe([kafka.input_topic], listener=self._listener)
+        self._joining: threading.Thread | None = None
+        self._join_done = threading.Event()
+        # The early join's assignment, paused until `poll` hands it to `on_assign`; None when
+        # no assignment is waiting.
+        self._held: set[PartitionKey] | None = None
+
+    # ---- the early join ---------------------------------------------------------------------
+
+    def join_early(self) -> None:
+        """Start joining the group on a thread while the caller builds what `on_assign` needs.
+
+        A first join waits seconds at the coordinator (~3 s on Tansu; Kafka's
+        `group.initial.rebalance.delay.ms` is 3 s by default), which the daemon spends loading
+        TensorFlow instead. Until `attach`, an assignment is paused and held, not consumed:
+        the first `poll` after `attach` hands it to `on_assign`, as a join inside that poll
+        would have, and only then resumes fetching.
+        """
+        holding = _Callbacks(self._hold, self._release, self._release)
+        self._listener.callbacks = holding
+        self._joining = threading.Thread(target=self._join, name="lstmd-join", daemon=True)
+        self._joining.start()
+
+    def attach(
+        self,
+        *,
+        on_assign: PartitionCallback | None = None,
+        on_revoke: PartitionCallback | None = None,
+        on_lost: PartitionCallback | None = None,
+    ) -> None:
+        """Stop the early join and install the callbacks; a held assignment waits for `poll`."""
+        self._stop_joining()
+        self._listener.callbacks = _Callbacks(on_assign, on_revoke, on_lost)
+
+    def _join(self) -> None:
+        try:
+            while not self._join_done.is_set() and self._held is None:
+                batches = self._consumer.poll(timeout_ms=JOIN_POLL_MS)
+                for tp, records in batches.items():  # held partitions are paused: not expected
+                    self._consumer.seek(tp, records[0].offset)
+        except Exception as exc:  # the loop's own polls join again and report what fails
+            log.info("early group join stopped", extra={"error": repr(exc)})
+
+    def _stop_joining(self) -> None:
+        self._join_done.set()
+        if self._joining is not None:
+            self._joining.join()
+            self._joining = None
+
+    def _hold(self, partitions: set[PartitionKey]) -> None:
+        # Eager protocol: each assignment is the whole set.
+        self._consumer.pause(*(TopicPartition(*key) for key in partitions))
+        self._held = set(partitions)
+
+    def _release(self, partitions: set[PartitionKey]) -> None:
+        if self._held is not None:
+            self._held -= partitions
+
+    def _hand_over_held(self) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        on_assign = self._listener.callbacks.on_assign
+        if on_assign is not None:
+            on_assign(held)
+        self._consumer.resume(*(TopicPartition(*key) for key in held))
+
+    # ---- the loop's calls ---------------------------------------------------------------------
 
     @property
     def rebalances(self) -> int:
@@ -163,6 +233,9 @@ class EventSource:
 
     def poll(self, timeout_ms: int) -> list[RawMessage]:
         """Return the next records, flattened, in order within each partition."""
+        if self._joining is not None:
+            raise RuntimeError("poll during the early join: call attach first")
+        self._hand_over_held()
         batches = self._consumer.poll(timeout_ms=timeout_ms)
         return [raw_message(record) for records in batches.values() for record in records]
 
@@ -258,6 +331,7 @@ class EventSource:
         refused during a rebalance, say), the error is logged here, not raised: the state it
         tried to commit is durable and the next owner resumes from the last commit.
         """
+        self._stop_joining()
         try:
             self._consumer.close(autocommit=False)
         except KafkaError as exc:

@@ -167,6 +167,9 @@ def lock_snapshot_directory(directory: Path) -> DirectoryLock:
 def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> Daemon:
     """Create topics, restore the newest snapshot, and build the Kafka clients and the runner.
 
+    The consumer group is joined while the rest is built (`EventSource.join_early`); the
+    runner's first poll restores what the join assigned.
+
     The returned daemon holds the snapshot directory's lock until `Daemon.close`.
     """
     check_snapshot_directory(settings.snapshot.directory)
@@ -179,6 +182,21 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
 
 
 def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:
+    kafka = settings.kafka
+    ensure_topics(options, topics(settings))
+    # The group join waits seconds at the coordinator: spend them loading TensorFlow.
+    source = EventSource(options, kafka)
+    source.join_early()
+    try:
+        return _build_while_joining(settings, options, serve_http, lock, source)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _build_while_joining(
+    settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock, source: EventSource
+) -> Daemon:
     configure_tensorflow()
     from daemon.model.lstm import build_model  # TensorFlow loads only when a daemon is built
 
@@ -193,20 +211,11 @@ def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryL
     restored = restore_state(settings, checkpointer, metrics)
     health.set_restored(True)
     kafka = settings.kafka
-    ensure_topics(options, topics(settings))
     ensure_state_topic(options, kafka.state_topic, partition_count(options, kafka.input_topic))
     # States belong to a consumer group (two groups reading one topic each keep their own), as
     # Kafka Streams names changelogs after the application id.
     state_topic = StateTopic(options, kafka.state_topic, f"{kafka.group_id}/{kafka.input_topic}")
     weights = _weight_sync(settings, options, model, learner, metrics, checkpointer)
-    holder: dict[str, Runner] = {}
-    source = EventSource(
-        options,
-        kafka,
-        on_assign=lambda partitions: _assigned(partitions, source, metrics, holder["runner"]),
-        on_revoke=lambda partitions: holder["runner"].moves.on_revoke(partitions),
-        on_lost=lambda partitions: holder["runner"].moves.on_lost(partitions),
-    )
     publisher = Publisher(options, kafka)
     runner = Runner(
         settings,
@@ -220,7 +229,11 @@ def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryL
         state_topic=state_topic,
         weights=weights,
     )
-    holder["runner"] = runner
+    source.attach(
+        on_assign=lambda partitions: _assigned(partitions, source, metrics, runner),
+        on_revoke=runner.moves.on_revoke,
+        on_lost=runner.moves.on_lost,
+    )
     endpoints = None
     if serve_http:
         endpoints = EndpointServer(

@@ -269,3 +269,66 @@ def test_predictions_take_the_direct_path_to_the_default_partitions_and_all_arri
     for message in sorted(got, key=lambda m: (m.partition, m.offset)):
         by_key.setdefault(message.key, []).append(int(message.value[6:-1]))
     assert all(numbers == sorted(numbers) for numbers in by_key.values())  # order per key
+
+
+def _wait_assigned(source: EventSource) -> None:
+    deadline = time.monotonic() + CONSUME_TIMEOUT_S
+    while not source.assignment():
+        assert time.monotonic() < deadline, "the early join got no assignment"
+        time.sleep(0.05)
+
+
+def test_early_join_holds_the_assignment_until_the_first_poll_after_attach(
+    kafka_options: dict[str, Any], topic_factory
+) -> None:
+    topic = topic_factory(partitions=3)
+    produce_values(kafka_options, topic, [(b"k%d" % i, b"v%d" % i) for i in range(60)])
+    source = EventSource(kafka_options, _settings(topic))
+    assigned: list[set[tuple[str, int]]] = []
+
+    def on_assign(partitions: set[tuple[str, int]]) -> None:
+        assigned.append(set(partitions))
+        source.seek((topic, 1), 2)  # honoured: nothing of the held partitions was consumed
+
+    try:
+        source.join_early()
+        _wait_assigned(source)
+        with pytest.raises(RuntimeError, match="attach"):
+            source.poll(0)
+        time.sleep(1.0)  # room for fetches, were the held partitions not paused
+        source.attach(on_assign=on_assign)
+        assert assigned == []  # handed over by the next poll, like a join inside it
+        got = _consume(source, 58)
+        time.sleep(0.5)
+        got += source.poll(POLL_MS)
+    finally:
+        source.close()
+    assert assigned == [{(topic, p) for p in range(3)}]
+    offsets: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    for message in got:
+        offsets[message.partition].append(message.offset)
+    assert len(got) == 58
+    for partition, seen in offsets.items():
+        first = 2 if partition == 1 else 0
+        assert seen == list(range(first, first + len(seen))), partition
+
+
+def test_close_during_the_early_join_leaves_the_group_to_the_next_member(
+    kafka_options: dict[str, Any], topic_factory
+) -> None:
+    topic = topic_factory(partitions=2)
+    produce_values(kafka_options, topic, [(b"k%d" % i, b"v%d" % i) for i in range(20)])
+    settings = _settings(topic)
+    first = EventSource(kafka_options, settings)
+    first.join_early()
+    _wait_assigned(first)
+    first.close()  # never attached: nothing consumed, nothing committed
+    second = EventSource(kafka_options, settings)
+    try:
+        got = _consume(second, 20)
+    finally:
+        second.close()
+    assert sorted((m.partition, m.offset) for m in got) == sorted(
+        {(m.partition, m.offset) for m in got}
+    )
+    assert len(got) == 20
