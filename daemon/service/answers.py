@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from daemon.core.events import Reason, Rejection
 from daemon.core.learner import OnlineLearner
 from daemon.core.records import Prediction, encode_metrics, encode_prediction
@@ -116,7 +118,9 @@ class Answers:
         sent = 0
         for prediction in predictions:
             sent += self._send_prediction(prediction)
-            self._metrics.latency.observe(max(0.0, now - prediction.received_at))
+        if predictions:
+            received = np.fromiter((p.received_at for p in predictions), np.float64)
+            self._metrics.latency.observe_many(np.maximum(0.0, now - received))
         self.predictions_sent += sent
         self._metrics.predictions_published.inc(sent)
         self._count_undeliverable()

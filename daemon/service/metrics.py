@@ -23,6 +23,7 @@ from prometheus_client import (
 from daemon import __version__
 from daemon.core.events import Reason
 from daemon.core.store import ResetReason
+from daemon.service.poll_histogram import PollHistogram
 from daemon.settings import ModelSettings
 
 # Train steps take milliseconds on CPU; seconds means trouble.
@@ -119,7 +120,8 @@ class DaemonMetrics:
             ["topic", "reason"],
             registry=r,
         )
-        self.latency = Histogram(
+        # One observation per prediction: fed a poll's worth at a time.
+        self.latency = PollHistogram(
             "lstmd_event_to_prediction_seconds",
             "From an event's arrival at the daemon to its prediction being queued for sending.",
             buckets=_LATENCY_BUCKETS,
