@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -84,6 +85,7 @@ class Daemon:
     channels: tuple[Any, ...] = ()
 
     def close(self) -> None:
+        gc.unfreeze()  # what start-up froze may be garbage once this daemon is gone
         if self.endpoints is not None:
             self.endpoints.close()
         for channel in self.channels:
@@ -175,10 +177,24 @@ def build_daemon(settings: Settings, options: dict, serve_http: bool = True) -> 
     check_snapshot_directory(settings.snapshot.directory)
     lock = lock_snapshot_directory(settings.snapshot.directory)
     try:
-        return _build(settings, options, serve_http, lock)
+        daemon = _build(settings, options, serve_http, lock)
     except BaseException:
         lock.release()
         raise
+    _freeze_what_lives_for_good()
+    return daemon
+
+
+def _freeze_what_lives_for_good() -> None:
+    """Keep the garbage collector's full passes off what start-up built for the whole run.
+
+    TensorFlow's modules, the traced graphs and the model are ~450,000 tracked objects. Every
+    full collection walked them again, found nothing to free, and took ~0.24 s: on the demo,
+    one every ~1.7 s, 13% of the loop thread. Collected first, so only live objects are frozen;
+    `Daemon.close` unfreezes them.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:

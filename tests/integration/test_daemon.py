@@ -3,6 +3,7 @@ dead letters, the /metrics endpoint, and kcat reading what the daemon wrote."""
 
 from __future__ import annotations
 
+import gc
 import json
 import urllib.request
 
@@ -74,6 +75,7 @@ def daemon_run(broker, tmp_path_factory):
     options = client_options(settings.kafka, broker.bootstrap)
     messages, bad_at = _stream()
     daemon = build_daemon(settings, options)
+    frozen_while_running = gc.get_freeze_count()
     produce_values(options, settings.kafka.input_topic, messages)
     try:
         daemon.runner.run(until=lambda r: r.consumed >= len(messages))
@@ -82,6 +84,7 @@ def daemon_run(broker, tmp_path_factory):
     finally:
         daemon.close()
     return {
+        "frozen": (frozen_while_running, gc.get_freeze_count()),
         "settings": settings,
         "options": options,
         "messages": messages,
@@ -173,3 +176,10 @@ def test_kcat_reads_the_predictions_topic(daemon_run, broker, kcat):
     assert {"ts", "source_partition", "source_offset", "mode", "prediction", "model_step"} <= set(
         payload
     )
+
+
+def test_start_up_objects_are_kept_out_of_full_collections_while_the_daemon_runs(daemon_run):
+    # TensorFlow and the model: hundreds of thousands of objects a full collection would walk.
+    while_running, after_close = daemon_run["frozen"]
+    assert while_running > 100_000
+    assert after_close == 0
