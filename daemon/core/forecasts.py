@@ -111,7 +111,7 @@ class Forecaster:
                 return None
             chunks.append((store, row, parts[0], store.ahead[row]))
         self.waiting = {}
-        return build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
+        return self._lay(chunks)
 
     def settle(self, batch: Batch, predictions: np.ndarray, states: np.ndarray) -> int:
         """Answer the events of a batch from `take_one_batch`, given what the model returned."""
@@ -145,15 +145,14 @@ class Forecaster:
                 for store, row, chunks, start in queues
             ]
             for first in range(0, len(current), self._rows):
-                answered += self._infer_batch(current[first : first + self._rows])
+                answered += self.run(self._lay(current[first : first + self._rows]))
             depth += 1
             queues = [q for q in queues if len(q[2]) > depth]
         return answered
 
-    def _infer_batch(self, chunks: list[Job]) -> int:
-        return self.run(
-            build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
-        )
+    def _lay(self, chunks: list[Job]) -> Batch:
+        """Lay up to `infer_batch_size` keys' chunks into one fixed-shape inference batch."""
+        return build_infer_batch(chunks, self._rows, self._width, self._n_inputs, self._n_outputs)
 
     def run(self, batch: Batch) -> int:
         """Answer the events of an inference batch in a call of its own."""

@@ -198,10 +198,9 @@ def _freeze_what_lives_for_good() -> None:
 
 
 def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:
-    kafka = settings.kafka
     ensure_topics(options, topics(settings))
     # The group join waits seconds at the coordinator: spend them loading TensorFlow.
-    source = EventSource(options, kafka)
+    source = EventSource(options, settings.kafka)
     source.join_early()
     try:
         return _build_while_joining(settings, options, serve_http, lock, source)
