@@ -23,16 +23,23 @@ class DeferredInputs:
 
     def __init__(self) -> None:
         self._items: list[Deferred] = []
+        self._keys: set[tuple[int, int]] = set()  # (id of the store, row) of every queued event
 
     def defer(self, store: KeyStateStore, row: int, event: int, inputs: np.ndarray) -> None:
         """Queue an event's raw inputs; `settle` writes them normalised to `store.events.x`."""
         self._items.append((store, row, event, inputs))
+        self._keys.add((id(store), row))
+
+    def holds(self, store: KeyStateStore, row: int) -> bool:
+        """Say whether a key has events queued: its statistics lag its events until `settle`."""
+        return (id(store), row) in self._keys
 
     def settle(self) -> None:
         """Normalise every deferred event's inputs, in rounds (see the module docstring)."""
         if not self._items:
             return
         items, self._items = self._items, []
+        self._keys = set()
         for round_items in _rounds(items):
             for group in _by_store(round_items):
                 _normalise_group(group)

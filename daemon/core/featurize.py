@@ -48,15 +48,6 @@ class EventScaling:
             derived.observe(row, event.ts, event.target)
         return out
 
-    def scale_inputs(
-        self, store: KeyStateStore, row: int, features: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fold the event into the key's statistics; return (normalised, location, spread)."""
-        if not self._stream.normalise:
-            size = len(features)
-            return features, np.zeros(size), np.ones(size)
-        return store.feature_stats.fold_normalise(row, features)
-
     def step_spread(
         self, store: KeyStateStore, row: int, level: np.ndarray, starts_sequence: bool
     ) -> np.ndarray | None:
@@ -83,12 +74,23 @@ class EventScaling:
             return spread
         return None
 
+    @property
+    def target_index(self) -> np.ndarray:
+        """The input columns of the target features."""
+        return self._target_index
+
+    def target_scale_after(
+        self, store: KeyStateStore, row: int, features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the target features' (location, spread) once the event's inputs are folded."""
+        columns = self._target_index.tolist()
+        return store.feature_stats.peek_fold(row, columns, features[self._target_index].tolist())
+
     def forecast_target(
         self,
         level: np.ndarray,
         step_spread: np.ndarray | None,
-        location: np.ndarray | None,
-        spread: np.ndarray | None,
+        target_scale: tuple[np.ndarray, np.ndarray] | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return how the next value of this key's target features will be normalised.
 
@@ -99,27 +101,22 @@ class EventScaling:
         Args:
             level: The event's target features.
             step_spread: What `step_spread` returned for the event.
-            location: The event's feature locations (all features, as `scale_inputs` gave);
-                None when they were not computed at ingest (`step_spread` decides then).
-            spread: Likewise, the feature spreads.
+            target_scale: The target features' (location, spread) after the event
+                (`target_scale_after`); None when `step_spread` decides.
 
         Raises:
             ValueError: The feature statistics are needed but were not given.
         """
         if step_spread is not None:
             return level, step_spread
-        ti = self._target_index
+        if target_scale is None:
+            raise ValueError("the target's feature statistics are needed but were not given")
+        location, spread = target_scale
         if self._stream.target_scaling == "level":
-            return _need(location)[ti], _need(spread)[ti]
-        return level, _need(spread)[ti]
+            return location, spread
+        return level, spread
 
     def supervised_target(self, store: KeyStateStore, row: int) -> tuple[np.ndarray, np.ndarray]:
         # Scale from the targets seen before this one: this event's own target must not leak
         # into the denormalised prediction published for it.
         return store.target_stats.scale(row)
-
-
-def _need(values: np.ndarray | None) -> np.ndarray:
-    if values is None:
-        raise ValueError("the event's feature statistics are needed (see defers_inputs)")
-    return values

@@ -238,13 +238,13 @@ class OnlineLearner:
             self._targets.fill(store, ref, level)
         events = store.events
         e = events.new()
-        location, spread = self._write_inputs(store, row, e, features, forecast, step_spread)
+        target_scale = self._write_inputs(store, row, e, features, forecast, step_spread)
         events.ts[e] = event.ts
         events.offset[e] = offset
         events.received_at[e] = self._clock()
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if forecast:
-            location, spread = self._scaling.forecast_target(level, step_spread, location, spread)
+            location, spread = self._scaling.forecast_target(level, step_spread, target_scale)
             self._targets.frame_forecast(events, e, level, location, spread)
             flags |= FORECAST_MODE | HAS_NAIVE
             self._forecaster.wait(ref, e)
@@ -264,19 +264,25 @@ class OnlineLearner:
         features: np.ndarray,
         forecast: bool,
         step_spread: np.ndarray | None,
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Normalise an event's inputs now or defer them; return their (location, spread) if now.
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Defer normalising an event's inputs; return its target features' (location, spread)
+        after it when its forecast's target is scaled by them, else None.
 
-        Only a forecast without step statistics scales its target by its inputs' statistics.
+        Only a forecast without step statistics scales its target by its feature statistics.
+        Those are read now, without folding (`StatsColumns.peek_fold`); the whole row folds
+        later, in rounds with other keys' (`DeferredInputs`), to the same bits.
         """
-        if self._stream.normalise and (not forecast or step_spread is not None):
-            # Nothing at ingest reads this event's feature statistics: normalise its inputs
-            # later, in rounds with other keys' (`DeferredInputs`).
-            self._deferred.defer(store, row, e, features)
-            return None, None
-        self._deferred.settle()  # the key's earlier events fold first
-        store.events.x[e], location, spread = self._scaling.scale_inputs(store, row, features)
-        return location, spread
+        if not self._stream.normalise:
+            store.events.x[e] = features
+            size = len(self._scaling.target_index)
+            return np.zeros(size), np.ones(size)
+        target_scale = None
+        if forecast and step_spread is None:
+            if self._deferred.holds(store, row):
+                self._deferred.settle()  # the key's earlier events fold first
+            target_scale = self._scaling.target_scale_after(store, row, features)
+        self._deferred.defer(store, row, e, features)
+        return target_scale
 
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:
         """Close a key's current sequence before an event that starts a new one.

@@ -47,3 +47,17 @@ def test_settle_twice_writes_nothing_new():
     before = store.feature_stats.count.copy()
     deferred.settle()
     assert np.array_equal(store.feature_stats.count, before)
+
+
+def test_a_key_is_held_from_its_first_deferred_event_until_settle():
+    stores = [_store(0), _store(1)]
+    for store in stores:
+        store.add("a")
+        store.add("b")
+    deferred = DeferredInputs()
+    deferred.defer(stores[0], 1, stores[0].events.new(), np.ones(3))
+    assert deferred.holds(stores[0], 1)
+    assert not deferred.holds(stores[0], 0)
+    assert not deferred.holds(stores[1], 1)  # the same row of another partition's store
+    deferred.settle()
+    assert not deferred.holds(stores[0], 1)

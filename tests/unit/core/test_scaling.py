@@ -91,3 +91,23 @@ def test_normalise_one_matches_normalise_also_for_nan_infinities_and_zero_spread
             expected = normalise(np.array([value]), np.array([location]), np.array([spread]))
             got = normalise_one(value, location, spread)
         assert np.array([got]).tobytes() == expected.tobytes(), (value, location, spread)
+
+
+@pytest.mark.parametrize("columns", [[0], [2], [0, 3]])
+def test_peek_fold_gives_folds_bits_for_its_columns_and_folds_nothing(columns):
+    # Counts 0 and 1 have their own spread rule; magnitudes up to 1e200 overflow m2 to inf.
+    rng = np.random.default_rng(len(columns) + columns[-1])
+    stats = StatsColumns(4, 3)
+    for _ in range(300):
+        row = int(rng.integers(0, 3))
+        if rng.random() < 0.05:
+            stats.clear(row)
+        value = rng.standard_normal(4) * 10.0 ** rng.integers(-6, 201, size=4)
+        before = [getattr(stats, name).tobytes() for name in ("count", "mean", "m2")]
+        peeked = stats.peek_fold(row, columns, value[columns].tolist())
+        assert [getattr(stats, name).tobytes() for name in ("count", "mean", "m2")] == before
+        with np.errstate(all="ignore"):
+            location, spread = stats.fold(row, value)
+        assert peeked[0].tobytes() == location[columns].tobytes()
+        assert peeked[1].tobytes() == spread[columns].tobytes()
+    assert np.isinf(stats.m2).any()
