@@ -339,6 +339,37 @@ class StatefulLSTM:
         preds, new = self._infer(x, mask, states)
         return preds.numpy(), new.numpy()
 
+    def warm_up(self) -> None:
+        """Run each compiled step once on zeros, then put the weights and Adam's state back.
+
+        A concrete function's first call optimises and instantiates its graph: 0.23 s for the
+        fused step and 0.43 s for all three here, against ~2 ms for a later call. Called at
+        start-up, that cost runs while the group join does instead of in front of the first
+        predictions. Every variable is restored bit for bit, so the steps that follow are the
+        ones an unwarmed model would take.
+        """
+        weights, optimizer = self.get_weights(), self.optimizer_state()
+        s = self.settings
+        rows, steps = self.infer_shape
+        forecast = (
+            np.zeros((rows, steps, self.n_inputs), np.float32),
+            np.ones((rows, steps), bool),
+            np.zeros((s.layers, 2, rows, s.units), np.float32),
+        )
+        train = (
+            np.zeros((s.batch_size, s.window, self.n_inputs), np.float32),
+            np.zeros((s.batch_size, s.window, s.n_targets * s.horizon), np.float32),
+            np.ones((s.batch_size, s.window), bool),
+            self.zero_states(),
+        )
+        try:
+            self.train_step_and_infer(*train, *forecast)
+            self.train_step(*train)
+            self.infer(*forecast)
+        finally:
+            self.set_weights(weights)
+            self.set_optimizer_state(optimizer)
+
     def get_weights(self) -> list[np.ndarray]:
         """Return copies of the model weights."""
         return self.keras_model.get_weights()

@@ -216,6 +216,7 @@ def _build_while_joining(
     from daemon.model.lstm import build_model  # TensorFlow loads only when a daemon is built
 
     model = build_model(settings)
+    model.warm_up()
     learner = OnlineLearner(settings, model)
     snapshot = settings.snapshot
     store = SnapshotStore(snapshot.directory, snapshot.keep, snapshot.pause_before_rename_s)

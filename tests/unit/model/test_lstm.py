@@ -347,3 +347,30 @@ def test_train_step_and_infer_is_infer_then_train_step_in_one_call() -> None:
     for name, value in fused.optimizer_state().items():
         np.testing.assert_array_equal(value, apart.optimizer_state()[name])
     assert fused.fused_traces == 1 and (fused.train_traces, fused.infer_traces) == (1, 1)
+
+
+def test_warm_up_leaves_the_model_as_an_unwarmed_twin_for_every_later_step() -> None:
+    """Warming up runs real steps; afterwards weights, Adam's state and every output are the
+    twin's, bit for bit, and no step traces again."""
+    warmed, cold = StatefulLSTM(_settings(layers=2)), StatefulLSTM(_settings(layers=2))
+    weights, optimizer = warmed.get_weights(), warmed.optimizer_state()
+    warmed.warm_up()
+    for after, before in zip(warmed.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(after, before)
+    for name, value in warmed.optimizer_state().items():
+        np.testing.assert_array_equal(value, optimizer[name])
+    rng = np.random.default_rng(13)
+    states = _random_states(warmed, rng)
+    for _ in range(3):
+        x, y = _batch(rng)
+        got, expected = (
+            warmed.train_step(x, y, _full_mask(), states),
+            cold.train_step(x, y, _full_mask(), states),
+        )
+        assert got[0] == expected[0]
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[2], expected[2])
+        states = got[2]
+    for name, value in warmed.optimizer_state().items():
+        np.testing.assert_array_equal(value, cold.optimizer_state()[name])
+    assert (warmed.train_traces, warmed.infer_traces, warmed.fused_traces) == (1, 1, 1)
