@@ -22,6 +22,7 @@ class EventScaling:
     def __init__(self, settings: Settings) -> None:
         self._stream = settings.stream
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
+        self._target_columns = list(settings.model.target_index)
 
     def inputs(self, store: KeyStateStore, row: int, event: Event, level: np.ndarray) -> np.ndarray:
         """Return the event's features followed by the key's derived features (DESIGN §3).
@@ -74,17 +75,19 @@ class EventScaling:
             return spread
         return None
 
-    @property
-    def target_index(self) -> np.ndarray:
-        """The input columns of the target features."""
-        return self._target_index
-
     def target_scale_after(
         self, store: KeyStateStore, row: int, features: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Return the target features' (location, spread) once the event's inputs are folded."""
-        columns = self._target_index.tolist()
-        return store.feature_stats.peek_fold(row, columns, features[self._target_index].tolist())
+        """Return the target features' (location, spread) once the event's inputs are folded.
+
+        Without normalisation: (0, 1). Otherwise read without folding (`peek_fold`); the row
+        itself folds later.
+        """
+        if not self._stream.normalise:
+            size = len(self._target_columns)
+            return np.zeros(size), np.ones(size)
+        values = features[self._target_index].tolist()
+        return store.feature_stats.peek_fold(row, self._target_columns, values)
 
     def forecast_target(
         self,

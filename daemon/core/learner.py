@@ -272,16 +272,15 @@ class OnlineLearner:
         Those are read now, without folding (`StatsColumns.peek_fold`); the whole row folds
         later, in rounds with other keys' (`DeferredInputs`), to the same bits.
         """
-        if not self._stream.normalise:
-            store.events.x[e] = features
-            size = len(self._scaling.target_index)
-            return np.zeros(size), np.ones(size)
         target_scale = None
         if forecast and step_spread is None:
             if self._deferred.holds(store, row):
                 self._deferred.settle()  # the key's earlier events fold first
             target_scale = self._scaling.target_scale_after(store, row, features)
-        self._deferred.defer(store, row, e, features)
+        if self._stream.normalise:
+            self._deferred.defer(store, row, e, features)
+        else:
+            store.events.x[e] = features
         return target_scale
 
     def _end_sequence(self, store: KeyStateStore, ref: KeyRef) -> None:

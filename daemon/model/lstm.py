@@ -138,6 +138,10 @@ class _CompiledStep:
         # TensorFlow has it; `tests/unit/model` checks both give the same outputs.
         self._call_flat = getattr(fn, "_call_flat", None)
 
+    def zeros(self) -> list[np.ndarray]:
+        """Return one array of zeros per input of the signature (all timesteps masked)."""
+        return [np.zeros(shape, dtype) for _, dtype, shape in self._specs]
+
     def __call__(self, *arrays: np.ndarray) -> tuple[tf.Tensor, ...]:
         """Run the step on `arrays` converted to the signature's dtypes.
 
@@ -349,23 +353,9 @@ class StatefulLSTM:
         ones an unwarmed model would take.
         """
         weights, optimizer = self.get_weights(), self.optimizer_state()
-        s = self.settings
-        rows, steps = self.infer_shape
-        forecast = (
-            np.zeros((rows, steps, self.n_inputs), np.float32),
-            np.ones((rows, steps), bool),
-            np.zeros((s.layers, 2, rows, s.units), np.float32),
-        )
-        train = (
-            np.zeros((s.batch_size, s.window, self.n_inputs), np.float32),
-            np.zeros((s.batch_size, s.window, s.n_targets * s.horizon), np.float32),
-            np.ones((s.batch_size, s.window), bool),
-            self.zero_states(),
-        )
         try:
-            self.train_step_and_infer(*train, *forecast)
-            self.train_step(*train)
-            self.infer(*forecast)
+            for step in (self._train_and_infer, self._train, self._infer):
+                step(*step.zeros())
         finally:
             self.set_weights(weights)
             self.set_optimizer_state(optimizer)
