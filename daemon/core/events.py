@@ -92,6 +92,10 @@ def parse_ts(value: object, naive_tz: tzinfo | None = None) -> float:
     Raises:
         ValueError: the value is neither, lacks an offset, or is not finite.
     """
+    if type(value) is float:  # the common case: a JSON number with a fraction or exponent
+        if value - value != 0.0:  # inf - inf and nan - nan are nan
+            raise ValueError("ts is not finite")
+        return value
     if isinstance(value, bool):
         raise ValueError("ts must be a number or an RFC 3339 string, not a boolean")
     if isinstance(value, int | float):
@@ -179,8 +183,7 @@ def _key(payload: dict, message_key: bytes | None, max_key_bytes: int) -> str:
     return key
 
 
-@dataclass(frozen=True, slots=True)
-class _Limits:
+class _Limits(NamedTuple):
     n_features: int
     n_targets: int
     latest_ts: float
@@ -233,7 +236,7 @@ def _fields(payload: dict, message_key: bytes | None, limits: _Limits) -> Event:
     reset = payload.get("reset", False)
     if not isinstance(reset, bool):
         raise _Reject(Reason.BAD_RESET, "reset must be true or false")
-    return Event(key=key, ts=ts, features=features, target=target, reset=reset)
+    return Event(key, ts, features, target, reset)
 
 
 def decode_event(
@@ -260,12 +263,40 @@ def decode_event(
         The event, or a `Rejection` naming the reason. Never raises on bad input. A field named
         twice in one object takes its last value, as orjson, `json` and JavaScript all do.
     """
-    if not value:
-        return Rejection(Reason.EMPTY, "message has no value")
-    if len(value) > max_bytes:
-        return Rejection(Reason.TOO_LARGE, f"{len(value)} bytes exceeds {max_bytes}")
-    try:
-        limits = _Limits(n_features, n_targets, latest_ts, max_key_bytes)
-        return _parse(value, message_key, limits)
-    except _Reject as exc:
-        return Rejection(exc.reason, exc.detail)
+    decoder = EventDecoder(n_features, n_targets, max_bytes, max_key_bytes)
+    decoder.latest_ts = latest_ts
+    return decoder.decode(value, message_key)
+
+
+class EventDecoder:
+    """`decode_event` with its sizes and limits bound once, for a loop that decodes every event.
+
+    Attributes:
+        latest_ts: events stamped later than this (epoch seconds) are rejected; the loop moves
+            it once per poll.
+    """
+
+    def __init__(
+        self, n_features: int, n_targets: int, max_bytes: int = 1_048_576, max_key_bytes: int = 256
+    ) -> None:
+        self._max_bytes = max_bytes
+        self._limits = _Limits(n_features, n_targets, math.inf, max_key_bytes)
+
+    @property
+    def latest_ts(self) -> float:
+        return self._limits.latest_ts
+
+    @latest_ts.setter
+    def latest_ts(self, value: float) -> None:
+        self._limits = self._limits._replace(latest_ts=value)
+
+    def decode(self, value: bytes | None, message_key: bytes | None) -> Event | Rejection:
+        """Return the event in `value`, or a `Rejection` saying why not (see `decode_event`)."""
+        if not value:
+            return Rejection(Reason.EMPTY, "message has no value")
+        if len(value) > self._max_bytes:
+            return Rejection(Reason.TOO_LARGE, f"{len(value)} bytes exceeds {self._max_bytes}")
+        try:
+            return _parse(value, message_key, self._limits)
+        except _Reject as exc:
+            return Rejection(exc.reason, exc.detail)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.core.events import Rejection, decode_event
+from daemon.core.events import EventDecoder, Rejection
 from daemon.core.learner import OnlineLearner
 from daemon.settings import Settings
 
@@ -134,9 +134,10 @@ def lstmd_forecasts(
                 prediction.prediction, m.n_targets, horizon
             )
 
+    decoder = EventDecoder(m.n_features, m.n_targets, stream.max_event_bytes)
     started = time.perf_counter()
     for offset, (key, value) in enumerate(messages):
-        event = decode_event(value, key, m.n_features, m.n_targets, stream.max_event_bytes)
+        event = decoder.decode(value, key)
         if isinstance(event, Rejection) or learner.ingest(event, 0, offset) is not None:
             rejected += 1
         if offset % poll_events == poll_events - 1:

@@ -10,14 +10,13 @@ answers are sent in `daemon.service.answers`, the vital signs in `daemon.service
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from daemon.core.events import Event, Rejection, decode_event
+from daemon.core.events import EventDecoder, Rejection
 from daemon.core.learner import OnlineLearner, TrainStepFailed
 from daemon.persist.checkpoint import FLUSH_TIMEOUT_S, Checkpoint
 from daemon.persist.checkpointing import Checkpointer
@@ -88,7 +87,11 @@ class Runner:
             source, health, metrics, self.checkpoint.state_topic_lag, self._summary, clock
         )
         self.consumed = 0
-        self._latest_ts = math.inf  # events stamped later are dead-lettered (future_ts)
+        model, stream = settings.model, settings.stream
+        # Events stamped later than its `latest_ts` are dead-lettered (future_ts).
+        self._decoder = EventDecoder(
+            model.n_features, model.n_targets, stream.max_event_bytes, stream.max_key_bytes
+        )
 
     @property
     def dead_lettered(self) -> int:
@@ -140,7 +143,7 @@ class Runner:
         messages = self._source.poll(timeout_ms)
         if self._settings.stream.max_future_s:
             # Once per poll, not per event: a poll takes well under the tolerance.
-            self._latest_ts = time.time() + self._settings.stream.max_future_s
+            self._decoder.latest_ts = time.time() + self._settings.stream.max_future_s
         self.vitals.check_connection(bool(messages))
         steps_before, sent_before = self._learner.step, self.predictions_sent
         for raw in messages:
@@ -177,16 +180,7 @@ class Runner:
 
     def _learn(self, raw: Any) -> Rejection | None:
         """Decode and validate completely, then hand the event to the learner."""
-        model, stream = self._settings.model, self._settings.stream
-        result: Event | Rejection = decode_event(
-            raw.value,
-            raw.key,
-            model.n_features,
-            model.n_targets,
-            stream.max_event_bytes,
-            self._latest_ts,
-            stream.max_key_bytes,
-        )
+        result = self._decoder.decode(raw.value, raw.key)
         if isinstance(result, Rejection):
             return result
         return self._learner.ingest(result, raw.partition, raw.offset)

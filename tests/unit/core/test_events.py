@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.core.events import Event, Reason, Rejection, decode_event, parse_ts
+from daemon.core.events import Event, EventDecoder, Reason, Rejection, decode_event, parse_ts
 
 
 def _decode(payload, message_key=b"kafka-key", n_features=2, n_targets=1):
@@ -191,3 +191,44 @@ def test_a_field_given_twice_takes_its_last_value():
 def test_every_accepted_key_encodes_as_utf8():
     result = _decode(b'{"key": "\\ud83d\\udd11", "ts": 1, "features": [1, 2]}')  # a valid pair
     assert isinstance(result, Event) and result.key.encode("utf-8") == "🔑".encode()
+
+
+def _same(a, b):
+    if isinstance(a, Rejection) or isinstance(b, Rejection):
+        return a == b
+    return (
+        a.key == b.key
+        and a.ts == b.ts
+        and a.reset == b.reset
+        and np.array_equal(a.features, b.features)
+        and (a.target is None) == (b.target is None)
+        and (a.target is None or np.array_equal(a.target, b.target))
+    )
+
+
+def test_a_bound_decoder_answers_as_decode_event_while_its_latest_ts_moves():
+    decoder = EventDecoder(2, 1, max_bytes=200, max_key_bytes=8)
+    values = [
+        b'{"key": "k", "ts": 100.5, "features": [1, 2]}',
+        b'{"key": "k", "ts": 100, "features": [1, 2.5], "target": [3]}',
+        b'{"ts": "2024-01-01T00:00:00Z", "features": [1, 2], "reset": true}',
+        b'{"key": "k", "ts": 1e400, "features": [1, 2]}',
+        b'{"key": "k", "ts": NaN, "features": [1, 2]}',
+        b'{"key": "k", "ts": true, "features": [1, 2]}',
+        b'{"key": "toolongkey", "ts": 1.5, "features": [1, 2]}',
+        b'{"key": "k", "ts": 1.5, "features": [1]}',
+        b"[1]",
+        b"",
+        b'{"key": "k", "ts": 1.5, "features": [1, 2], "pad": "' + b"x" * 200 + b'"}',
+    ]
+    # 50 makes the ts-100 events future_ts; 1.7e9 only the 2024-01-01 one (1.704e9).
+    for latest in (math.inf, 50.0, 1.7e9, math.inf):
+        decoder.latest_ts = latest
+        for value in values:
+            expected = decode_event(value, b"mk", 2, 1, 200, latest, 8)
+            assert _same(decoder.decode(value, b"mk"), expected), (latest, value)
+    decoder.latest_ts = 50.0
+    late = decoder.decode(values[0], None)
+    assert isinstance(late, Rejection) and late.reason == Reason.FUTURE_TS
+    decoder.latest_ts = 200.0
+    assert isinstance(decoder.decode(values[0], None), Event)
