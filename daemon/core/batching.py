@@ -121,16 +121,26 @@ def build_train_batch(
         raise ValueError(f"a train batch holds 1 to {batch_size} keys, got {len(segments)}")
     store0 = segments[0][0]
     batch = _empty(batch_size, window, n_inputs, n_targets, store0.states.shape[1:])
-    for b, (store, row, segment) in enumerate(segments):
+    # Once per store, not per key: a few numpy calls lay all its keys' events and states.
+    for store, places in members_by_store(segments).items():
+        _, laid, at_b, at_t = laid_events(places)
         events = store.events
-        length = len(segment)
-        batch.x[b, :length] = events.x[segment]
-        batch.y[b, :length] = events.y[segment]
-        batch.mask[b, :length] = True
-        if not events.flags[segment[0]] & STARTS_SEQUENCE:
-            batch.states[:, :, b, :] = store.states[row]
+        batch.x[at_b, at_t] = events.x[laid]
+        batch.y[at_b, at_t] = events.y[laid]
+        batch.mask[at_b, at_t] = True
+        continuing = _continuing(store, places)
+        if continuing:
+            at = [b for b, _, _ in continuing]
+            rows = [row for _, row, _ in continuing]
+            batch.states[:, :, at, :] = store.states[rows].transpose(1, 2, 0, 3)
     batch.members = segments
     return batch
+
+
+def _continuing(store: KeyStateStore, places: list[Place]) -> list[Place]:
+    """Return the places whose first event continues its key's sequence (needs its state)."""
+    starts = store.events.flags[[laid[0] for _, _, laid in places]] & STARTS_SEQUENCE
+    return [place for place, start in zip(places, starts.tolist(), strict=True) if not start]
 
 
 def split_chunks(store: KeyStateStore, events: list[int], width: int) -> list[list[int]]:
@@ -166,11 +176,14 @@ def build_infer_batch(
         raise ValueError(f"an inference batch holds 1 to {batch_size} rows, got {len(chunks)}")
     store0 = chunks[0][0]
     batch = _empty(batch_size, width, n_inputs, n_targets, store0.states.shape[1:])
-    for b, (store, _row, events, start) in enumerate(chunks):
-        length = len(events)
-        batch.x[b, :length] = store.events.x[events]
-        batch.mask[b, :length] = True
-        if not store.events.flags[events[0]] & STARTS_SEQUENCE:
-            batch.states[:, :, b, :] = start
     batch.members = [(store, row, events) for store, row, events, _ in chunks]
+    starts = {b: chunk[3] for b, chunk in enumerate(chunks)}
+    # Once per store, not per key: a few numpy calls lay all its keys' events and states.
+    for store, places in members_by_store(batch.members).items():
+        _, laid, at_b, at_t = laid_events(places)
+        batch.x[at_b, at_t] = store.events.x[laid]
+        batch.mask[at_b, at_t] = True
+        continuing = [b for b, _, _ in _continuing(store, places)]
+        if continuing:
+            batch.states[:, :, continuing, :] = np.stack([starts[b] for b in continuing], axis=2)
     return batch

@@ -99,3 +99,39 @@ def test_batches_refuse_more_rows_than_they_have():
     rows = [_key(store, k, [1]) for k in "abcd"]
     with pytest.raises(ValueError, match="1 to 3"):
         _batch(store, rows, batch_size=3)
+
+
+def test_rows_from_two_stores_interleaved_each_get_their_own_events_and_state():
+    # A batch lays its rows store by store; row b must still hold members[b], whatever the order.
+    stores = [_store(), KeyStateStore(1, LAYERS, UNITS, F, 1)]
+    members = []
+    for b, (store, values, starts) in enumerate(
+        [
+            (stores[0], [1, 2], ()),
+            (stores[1], [3], ()),
+            (stores[0], [4, 5, 6], (0,)),
+            (stores[1], [8, 9], ()),
+        ]
+    ):
+        row = _key(store, f"k{b}", values, starts=starts, state=0.1 * (b + 1))
+        members.append((store, row, train_segment(store, row, T)))
+    batch = build_train_batch(members, 5, T, F, 1)
+    starts = [np.full((LAYERS, 2, UNITS), -0.1 * (b + 1), np.float32) for b in range(4)]
+    chunks = [(s, row, segment, starts[b]) for b, (s, row, segment) in enumerate(members)]
+    infer = build_infer_batch(chunks, 5, T, F, 1)
+    for b, (store, row, segment) in enumerate(members):
+        n = len(segment)
+        assert (
+            batch.x[b, :n, 0].tolist()
+            == infer.x[b, :n, 0].tolist()
+            == store.events.x[segment, 0].tolist()
+        )
+        assert batch.y[b, :n, 0].tolist() == store.events.y[segment, 0].tolist()
+        assert batch.mask[b].tolist() == infer.mask[b].tolist() == [True] * n + [False] * (T - n)
+        fresh = bool(store.events.flags[segment[0]] & STARTS_SEQUENCE)
+        np.testing.assert_array_equal(batch.states[:, :, b], 0.0 if fresh else store.states[row])
+        np.testing.assert_array_equal(infer.states[:, :, b], 0.0 if fresh else starts[b])
+    assert not batch.mask[4].any() and not batch.states[:, :, 4].any()
+    assert (
+        [m[:2] for m in batch.members] == [m[:2] for m in infer.members] == [m[:2] for m in members]
+    )
