@@ -123,11 +123,8 @@ def build_train_batch(
     batch = _empty(batch_size, window, n_inputs, n_targets, store0.states.shape[1:])
     # Once per store, not per key: a few numpy calls lay all its keys' events and states.
     for store, places in members_by_store(segments).items():
-        _, laid, at_b, at_t = laid_events(places)
-        events = store.events
-        batch.x[at_b, at_t] = events.x[laid]
-        batch.y[at_b, at_t] = events.y[laid]
-        batch.mask[at_b, at_t] = True
+        laid, at_b, at_t = _lay_inputs(batch, store, places)
+        batch.y[at_b, at_t] = store.events.y[laid]
         continuing = _continuing(store, places)
         if continuing:
             at = [b for b, _, _ in continuing]
@@ -135,6 +132,16 @@ def build_train_batch(
             batch.states[:, :, at, :] = store.states[rows].transpose(1, 2, 0, 3)
     batch.members = segments
     return batch
+
+
+def _lay_inputs(
+    batch: Batch, store: KeyStateStore, places: list[Place]
+) -> tuple[list[int], list[int], list[int]]:
+    """Write a store's laid events' inputs and mask into `batch`; return (events, rows, steps)."""
+    _, laid, at_b, at_t = laid_events(places)
+    batch.x[at_b, at_t] = store.events.x[laid]
+    batch.mask[at_b, at_t] = True
+    return laid, at_b, at_t
 
 
 def _continuing(store: KeyStateStore, places: list[Place]) -> list[Place]:
@@ -177,12 +184,10 @@ def build_infer_batch(
     store0 = chunks[0][0]
     batch = _empty(batch_size, width, n_inputs, n_targets, store0.states.shape[1:])
     batch.members = [(store, row, events) for store, row, events, _ in chunks]
-    starts = {b: chunk[3] for b, chunk in enumerate(chunks)}
+    starts = [start for _, _, _, start in chunks]  # by batch row
     # Once per store, not per key: a few numpy calls lay all its keys' events and states.
     for store, places in members_by_store(batch.members).items():
-        _, laid, at_b, at_t = laid_events(places)
-        batch.x[at_b, at_t] = store.events.x[laid]
-        batch.mask[at_b, at_t] = True
+        _lay_inputs(batch, store, places)
         continuing = [b for b, _, _ in _continuing(store, places)]
         if continuing:
             batch.states[:, :, continuing, :] = np.stack([starts[b] for b in continuing], axis=2)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.core.events import Event, Rejection, decode_event
+from daemon.core.events import Event, EventDecoder, Rejection
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ def decode_stream(
         ValueError: A message is not a valid event: evaluation data must be clean.
     """
     events: list[Event] = []
+    decoder = EventDecoder(n_features, 1)
     for index, (key, value) in enumerate(messages):
-        event = decode_event(value, key, n_features, 1)
+        event = decoder.decode(value, key)
         if isinstance(event, Rejection):
             raise ValueError(
                 f"event {index} is not valid ({event.reason.value}: {event.detail}); "
