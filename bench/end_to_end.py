@@ -343,11 +343,13 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
 # What each category is: the nearest enclosing frame among these functions decides.
 CATEGORIES = [
     ("consume", "consumer.py", "poll"),
-    ("decode", "events.py", "decode_event"),
+    ("decode", "events.py", "decode"),  # EventDecoder.decode, the loop's decoder
     ("inference: TF", "lstm.py", "infer"),
     ("inference: batch build", "batching.py", "build_infer_batch"),
-    ("inference: other", "learner.py", "_infer"),
-    ("train: TF", "lstm.py", "train_step"),
+    ("inference: other", "forecasts.py", "answer_waiting"),
+    # The fused call runs the waiting forecasts and the step in one TensorFlow call.
+    ("train: TF (with fused forecasts)", "lstm.py", "train_step_and_infer"),
+    ("train: TF (with fused forecasts)", "lstm.py", "train_step"),
     ("train: batch build", "batching.py", "build_train_batch"),
     ("train: other", "learner.py", "_train"),
     ("ingest/store", "learner.py", "ingest"),
@@ -355,9 +357,8 @@ CATEGORIES = [
     ("publish: encode", "end_to_end.py", "encode_prediction"),
     ("publish: producer.send", "publisher.py", "send"),
     ("publish: flush (acks)", "publisher.py", "flush"),
-    ("metrics", "runner.py", "_record_learning"),
     ("publish: other", "runner.py", "_publish"),
-    ("snapshot", "runner.py", "snapshot"),
+    ("snapshot", "checkpoint.py", "maybe_save"),
     ("snapshot", "runner.py", "_shutdown"),
 ]
 
@@ -632,9 +633,9 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
             f"profiled run {results['profile']['events_per_s']:,.0f} events/s, "
             f"{prof['elapsed_s']:.2f} s to last ack):"
         )
-        print(f"  {'category':26s} {'s':>7s} {'share':>6s} {'us/event':>9s}")
+        print(f"  {'category':34s} {'s':>7s} {'share':>6s} {'us/event':>9s}")
         for cat, secs in sorted(prof["categories"].items(), key=lambda kv: -kv[1]):
-            print(f"  {cat:26s} {secs:7.3f} {100 * secs / total:5.1f}% {1e6 * secs / n:9.1f}")
+            print(f"  {cat:34s} {secs:7.3f} {100 * secs / total:5.1f}% {1e6 * secs / n:9.1f}")
         print("  top functions by self time:")
         for label, secs in prof["top_self"]:
             print(f"    {secs:7.3f} s {100 * secs / total:5.1f}%  {label}")
