@@ -32,6 +32,8 @@ Variants (levers, monkeypatched in the child; daemon/ is untouched):
   1thread   TensorFlow intra-op = inter-op = 1 thread
   nocrc     pure-Python CRC-32C in kafka-python (what the `crc32c` C extension saves)
   all       linger + 1thread
+  nosend    Publisher.send only counts the record (nothing reaches the broker): the upper bound of
+            moving the producer off the loop thread, e.g. into a process of its own
   profile   base under pyinstrument: the time split and the inference-pass count
 """
 
@@ -233,6 +235,13 @@ def apply_levers(variant: str) -> None:
         from kafka.record._crc32c import crc as crc32c_py
 
         dr.calc_crc32c = crc32c_py
+    if variant == "nosend":
+        from daemon.edges.publisher import Publisher
+
+        def send(self, topic, key, value, headers=None) -> None:
+            self.delivered += 1  # counted as acknowledged; the loop thread does nothing more
+
+        Publisher.send = send  # type: ignore[method-assign]
 
 
 def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
@@ -494,7 +503,10 @@ def main() -> int:
         "--paired",
         type=int,
         default=4,
-        help="rounds of the best pipe configuration next to lstmd base, back to back (0: none)",
+        help="rounds of the best pipe configuration next to lstmd, back to back (0: none)",
+    )
+    parser.add_argument(
+        "--paired-variant", default="base", help="the lstmd variant of the paired rounds"
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", default=None, help=argparse.SUPPRESS)
@@ -531,7 +543,9 @@ def main() -> int:
             result["runs"] = runs
             results[variant] = result
             print(f"  ... {variant}: {runs[-1]:,.0f} events/s", file=sys.stderr)
-        results["paired"] = paired_rounds(common, best_pipe(results["raw"]), args.paired)
+        results["paired"] = paired_rounds(
+            common, best_pipe(results["raw"]), args.paired, args.paired_variant
+        )
     report(n, args.keys, results, m)
     return 0
 
@@ -541,8 +555,8 @@ def best_pipe(raw: dict) -> str:
     return max((k for k in RAW_CONFIGS if k in raw), key=lambda k: raw[k])
 
 
-def paired_rounds(common: list[str], config: str, rounds: int) -> list[dict]:
-    """Run the pipe (`config`) and lstmd base back to back `rounds` times, order alternating.
+def paired_rounds(common: list[str], config: str, rounds: int, variant: str) -> list[dict]:
+    """Run the pipe (`config`) and lstmd `variant` back to back `rounds` times, order alternating.
 
     The table above sets one lstmd run against the best of six pipe passes made minutes
     before: on a shared machine whose speed drifts by tens of percent, that ratio is one draw.
@@ -551,14 +565,14 @@ def paired_rounds(common: list[str], config: str, rounds: int) -> list[dict]:
     """
     out = []
     for i in range(rounds):
-        children = [["--child", "pipe", "--config", config], ["--child", "base"]]
+        children = [["--child", "pipe", "--config", config], ["--child", variant]]
         if i % 2:
             children.reverse()
         rates = {}
         for child in children:
             rates[child[1]] = run_child([*child, *common])["events_per_s"]
-        out.append({"pipe": rates["pipe"], "lstmd": rates["base"]})
-        print(f"  ... round {i + 1}: {rates['base'] / rates['pipe']:.3f}x", file=sys.stderr)
+        out.append({"pipe": rates["pipe"], "lstmd": rates[variant], "variant": variant})
+        print(f"  ... round {i + 1}: {rates[variant] / rates['pipe']:.3f}x", file=sys.stderr)
     return out
 
 
@@ -660,8 +674,8 @@ def report_paired(rounds: list[dict], config: str) -> None:
         return
     ratios = [r["lstmd"] / r["pipe"] for r in rounds]
     print(
-        f"\npaired rounds (pipe '{config}' and lstmd base back to back, order alternating; "
-        "the figure to quote on a shared machine):"
+        f"\npaired rounds (pipe '{config}' and lstmd {rounds[0]['variant']} back to back, order "
+        "alternating; the figure to quote on a shared machine):"
     )
     for i, (r, ratio) in enumerate(zip(rounds, ratios, strict=True), 1):
         print(
