@@ -146,35 +146,38 @@ def pipe_pass(options: dict, topic_in: str, topic_out: str, n: int, config: str)
     return rate, cpu_us
 
 
-def child_pipe_once(bootstrap: str, n: int, keys: int, config: str) -> dict:
-    """One pass of the raw pipe in one configuration, on a topic of its own (a paired round)."""
+def fed_topic(options: dict, n: int, keys: int, outputs: list[str]) -> tuple[str, list]:
+    """Create a fresh input topic holding the n events, and the named output topics.
+
+    Returns:
+        The input topic and the events' (key, value) pairs.
+    """
     from daemon.edges.kafka_io import ensure_topics, produce_values
 
-    options = options_for(bootstrap)
     messages, _ = demo_messages(n, keys)
-    tag = uuid.uuid4().hex[:8]
-    topic_in, topic_out = f"pair-in-{tag}", f"pair-out-{tag}"
-    ensure_topics(options, [topic_in, topic_out])
+    topic_in = f"raw-in-{uuid.uuid4().hex[:8]}"
+    ensure_topics(options, [topic_in, *(f"{topic_in}-{out}" for out in outputs)])
     produce_values(options, topic_in, messages)
-    rate, cpu_us = pipe_pass(options, topic_in, topic_out, n, config)
+    return topic_in, messages
+
+
+def child_pipe_once(bootstrap: str, n: int, keys: int, config: str) -> dict:
+    """One pass of the raw pipe in one configuration, on a topic of its own (a paired round)."""
+    options = options_for(bootstrap)
+    topic_in, _ = fed_topic(options, n, keys, ["out"])
+    rate, cpu_us = pipe_pass(options, topic_in, f"{topic_in}-out", n, config)
     return {"events_per_s": rate, "cpu_us": cpu_us}
 
 
 def child_raw(bootstrap: str, n: int, keys: int) -> dict:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from daemon.edges.kafka_io import ensure_topics, produce_values
-
     options = options_for(bootstrap)
-    messages, _ = demo_messages(n, keys)
-    tag = uuid.uuid4().hex[:8]
-    topic_in = f"raw-in-{tag}"
-    ensure_topics(options, [topic_in] + [f"raw-out-{tag}-{c}" for c in RAW_CONFIGS])
-    produce_values(options, topic_in, messages)
+    topic_in, messages = fed_topic(options, n, keys, list(RAW_CONFIGS))
     out: dict = {}
     for _ in range(2):  # two passes over the configurations; best pass counts
         for name in RAW_CONFIGS:
-            rate, cpu_us = pipe_pass(options, topic_in, f"raw-out-{tag}-{name}", n, name)
+            rate, cpu_us = pipe_pass(options, topic_in, f"{topic_in}-{name}", n, name)
             out[name] = max(out.get(name, 0.0), rate)
             out["cpu_us"] = min(out.get("cpu_us", math.inf), cpu_us)
     # producer.send alone: lstmd's Publisher (two callbacks per record) vs a bare producer
@@ -184,7 +187,7 @@ def child_raw(bootstrap: str, n: int, keys: int) -> dict:
     value = messages[0][1]
     for _ in range(2):
         for name in ("send_bare", "send_publisher"):
-            topic_out = f"raw-out-{tag}-tuned"
+            topic_out = f"{topic_in}-tuned"
             if name == "send_publisher":
                 sink = Publisher(options, KafkaSettings())
                 send = sink.send
@@ -543,10 +546,9 @@ def main() -> int:
             result["runs"] = runs
             results[variant] = result
             print(f"  ... {variant}: {runs[-1]:,.0f} events/s", file=sys.stderr)
-        results["paired"] = paired_rounds(
-            common, best_pipe(results["raw"]), args.paired, args.paired_variant
-        )
+        paired = paired_rounds(common, best_pipe(results["raw"]), args.paired, args.paired_variant)
     report(n, args.keys, results, m)
+    report_paired(paired, best_pipe(results["raw"]))
     return 0
 
 
@@ -598,7 +600,7 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
     print("\nlstmd (from the first poll to the last prediction acknowledged):")
     base = results.get("base")
     for variant, r in results.items():
-        if variant in ("raw", "paired"):
+        if variant == "raw":
             continue
         vs_base = f"  {r['events_per_s'] / base['events_per_s']:.2f}x base" if base else ""
         print(
@@ -620,10 +622,7 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
         print(
             f"\ntarget lstmd >= 0.8x raw pipe: {ratio:.3f}x {'met' if ratio >= 0.8 else 'MISSED'}"
         )
-        best = max(
-            (v for v in results if v not in ("raw", "paired")),
-            key=lambda v: results[v]["events_per_s"],
-        )
+        best = max((v for v in results if v != "raw"), key=lambda v: results[v]["events_per_s"])
         print(f"  best lstmd variant: {best}")
         print(
             f"\ninference calls (base): {base['inference_calls']:,} over {n:,} events = one per "
@@ -638,7 +637,6 @@ def report(n: int, keys: int, results: dict, m: dict) -> None:
             f"shutdown snapshot: save {base['snapshot_save_s']:.3f} s "
             f"(whole shutdown incl. close {base['shutdown_s']:.2f} s)"
         )
-    report_paired(results.get("paired") or [], best_raw_name)
     prof = results.get("profile", {}).get("profile")
     if prof:
         total = prof["total_s"]
