@@ -30,10 +30,12 @@ Variants (levers, monkeypatched in the child; daemon/ is untouched):
   base      lstmd as shipped
   linger    producer_linger_ms=20, producer_batch_bytes=1 MiB (shipped: 5 ms, 256 KiB)
   1thread   TensorFlow intra-op = inter-op = 1 thread
-  nocrc     pure-Python CRC-32C in kafka-python (what the `crc32c` C extension saves)
+  nocrc     pure-Python CRC-32C in kafka-python (what the `crc32c` C extension saves; in process)
   all       linger + 1thread
-  nosend    Publisher.send only counts the record (nothing reaches the broker): the upper bound of
-            moving the producer off the loop thread, e.g. into a process of its own
+  inprocess kafka.publisher_process=false: predictions produced on the loop thread, as before
+            the publishing process
+  nosend    in process, and Publisher.send only counts the record (nothing reaches the broker):
+            the upper bound of moving the producer off the loop thread
   profile   base under pyinstrument: the time split and the inference-pass count
 """
 
@@ -56,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-DEFAULT_VARIANTS = "base,linger,1thread,nocrc,all,base,profile"
+DEFAULT_VARIANTS = "base,inprocess,linger,1thread,nocrc,all,base,profile"
 
 RAW_CONFIGS = {
     # name: (consumer options, producer options)
@@ -274,6 +276,8 @@ def child_lstmd(bootstrap: str, n: int, variant: str, keys: int) -> dict:
             group_id=f"g-{tag}",
             producer_linger_ms=20 if linger else 5,
             producer_batch_bytes=1_048_576 if linger else 262_144,
+            # The levers patched into this process must reach the producer: keep it here.
+            publisher_process=variant not in ("inprocess", "nosend", "nocrc"),
         ),
         # The demo's shape: forecast births; the shipped model defaults (B 32, T 4, 16 units).
         model=ModelSettings(n_features=n_features, n_targets=1, target_index=(0,)),
@@ -368,6 +372,8 @@ CATEGORIES = [
     ("publish: encode", "records.py", "encode_prediction"),
     ("publish: encode", "end_to_end.py", "encode_prediction"),
     ("publish: producer.send", "publisher.py", "send"),
+    ("publish: hand-over to the publishing process", "publisher_process.py", "send"),
+    ("publish: hand-over to the publishing process", "publisher_process.py", "push"),
     ("publish: flush (acks)", "publisher.py", "flush"),
     ("publish: other", "runner.py", "_publish"),
     ("snapshot", "checkpoint.py", "maybe_save"),

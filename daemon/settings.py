@@ -74,6 +74,10 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int = Field(100, ge=0)
     producer_linger_ms: int = Field(5, ge=0)
     producer_batch_bytes: int = Field(262144, ge=1024)
+    # The predictions' producer in a child process (daemon/edges/publisher_process.py): the
+    # loop thread is GIL-bound, and on a second core kafka-python's per-record send no longer
+    # takes its time. Off: one process, for a single core.
+    publisher_process: bool = True
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -2,8 +2,9 @@
 
 `daemon.edges` is the only package that imports `kafka` (kafka-python). Each concept has its
 module: `connection` (client options), `messages` (`RawMessage`), `consumer` (`EventSource`),
-`publisher` (`Publisher`), `topics` (administration) and `bulk` (replay and read-all for tools
-and tests). Everything above sees plain data: `RawMessage` in, `(topic, partition)` tuples and
+`publisher` (`Publisher`), `publisher_process` (`ProcessPublisher`, the predictions' producer in
+a child process), `topics` (administration) and `bulk` (replay and read-all for tools and
+tests). Everything above sees plain data: `RawMessage` in, `(topic, partition)` tuples and
 offsets for commits, bytes out.
 """
 
@@ -22,6 +23,7 @@ from daemon.edges.publisher import (
     Publisher,
     undeliverable_reason,
 )
+from daemon.edges.publisher_process import ProcessPublisher, PublisherGone
 from daemon.edges.topics import committed_offsets, ensure_topics, partition_count
 
 __all__ = [
@@ -35,7 +37,9 @@ __all__ = [
     "EventSource",
     "PartitionCallback",
     "PartitionKey",
+    "ProcessPublisher",
     "Publisher",
+    "PublisherGone",
     "RawMessage",
     "client_options",
     "committed_offsets",

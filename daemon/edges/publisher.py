@@ -148,6 +148,9 @@ class Publisher:
         if len(self._in_flight) >= self._settle_at:
             self._settle()
 
+    def push(self) -> None:
+        """Nothing to do: `send` puts each record into the producer's batches at once."""
+
     def _append(self, topic: str, key: bytes, value: bytes) -> Any:
         """Put a keyed record without headers straight into the producer's batches.
 
@@ -263,8 +266,9 @@ class Publisher:
             self.send(topic, key, value, headers)
         return new_failures
 
-    def close(self, timeout_s: float) -> None:
-        """Flush what can be flushed within `timeout_s` and release the connection."""
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what can be flushed within `timeout_s` and release the connection (again: a
+        no-op)."""
         self._producer.close(timeout=timeout_s)
         self._settle()
 

@@ -56,7 +56,8 @@ class Committer(Protocol):
 class Flusher(Protocol):
     """The producer, as far as a checkpoint needs it."""
 
-    failed_by_topic: Counter[str]
+    @property
+    def failed_by_topic(self) -> Counter[str]: ...
 
     def flush(self, timeout_s: float) -> int: ...
 

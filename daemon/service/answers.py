@@ -32,13 +32,17 @@ RECORD_OVERHEAD_BYTES = 512
 
 
 class Sink(Protocol):
-    """The producer (`daemon.edges.publisher.Publisher`)."""
+    """The producer (`daemon.edges.publisher.Publisher`, or `daemon.edges.publisher_process`'s
+    `ProcessPublisher`, which queues records until `push`)."""
 
-    truncated: int
-    failed_by_topic: Counter[str]
+    @property
+    def truncated(self) -> int: ...
+    @property
+    def failed_by_topic(self) -> Counter[str]: ...
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None: ...
     def send_dead_letter(self, topic: str, raw: Any, reason: str, detail: str) -> None: ...
+    def push(self) -> None: ...
     def flush(self, timeout_s: float) -> int: ...
     def close(self, timeout_s: float) -> None: ...
 
@@ -129,6 +133,8 @@ class Answers:
         if self._learner.step // every > self._last_metrics_step // every:
             self._last_metrics_step = self._learner.step
             self._send_metrics_message(consumed, lag)
+        # Once per poll: the poll's predictions and dead letters leave together.
+        self._publisher.push()
 
     def resync(self) -> None:
         """Take a rolled-back learner's counters as seen: Prometheus counters never go back."""

@@ -17,6 +17,7 @@ from daemon.edges.embedded import EmbeddedBroker
 from daemon.edges.http import EndpointServer
 from daemon.edges.kafka_io import (
     EventSource,
+    ProcessPublisher,
     Publisher,
     client_options,
     ensure_topics,
@@ -232,7 +233,9 @@ def _build_while_joining(
     # Kafka Streams names changelogs after the application id.
     state_topic = StateTopic(options, kafka.state_topic, f"{kafka.group_id}/{kafka.input_topic}")
     weights = _weight_sync(settings, options, model, learner, metrics, checkpointer)
-    publisher = Publisher(options, kafka)
+    publisher: Publisher | ProcessPublisher = (
+        ProcessPublisher(options, kafka) if kafka.publisher_process else Publisher(options, kafka)
+    )
     runner = Runner(
         settings,
         source,
@@ -260,7 +263,9 @@ def _build_while_joining(
             ready=health.readiness,
         )
         log.info("http endpoints serving", extra={"port": endpoints.port})
-    channels = (state_topic,) if weights is None else (state_topic, weights.channel)
+    # The runner closes the publisher as it leaves; a daemon never run must not leak it (its
+    # child process, when `kafka.publisher_process`).
+    channels = (publisher, state_topic) + (() if weights is None else (weights.channel,))
     return Daemon(runner, learner, metrics, model, endpoints, lock, channels)
 
 

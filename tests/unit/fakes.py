@@ -93,6 +93,9 @@ class FakePublisher:
     def send_dead_letter(self, topic, raw, reason, detail) -> None:
         self.dead.append((raw.offset, str(reason), detail))
 
+    def push(self) -> None:
+        pass
+
     def flush(self, timeout_s: float) -> int:
         self.flushes += 1
         if self.failing:
