@@ -3,17 +3,24 @@ what it counts, and what happens when either side of its pipe dies."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from daemon_helpers import daemon_settings
 
 from daemon.edges.kafka_io import (
     ProcessPublisher,
     Publisher,
     PublisherGone,
     RawMessage,
+    client_options,
+    committed_offsets,
+    produce_values,
     read_all,
 )
+from daemon.persist.lock import LOCK_FILE_NAME
+from daemon.service.app import build_daemon
 from daemon.settings import KafkaSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -98,3 +105,28 @@ def test_a_child_whose_parent_vanished_delivers_what_it_holds_and_exits(
     assert [r.value for r in read_all(kafka_options, topic)] == [
         str(i).encode() for i in range(300)
     ]
+
+
+def test_a_daemon_whose_publishing_process_died_stops_without_snapshot_or_commit(
+    broker, tmp_path
+) -> None:
+    settings = daemon_settings(broker.bootstrap, tmp_path)
+    options = client_options(settings.kafka, broker.bootstrap)
+    events = [
+        json.dumps({"key": f"k{d % 3}", "ts": 1_700_000_000 + 86_400 * d, "features": [d, 1.0]})
+        for d in range(30)
+    ]
+    daemon = build_daemon(settings, options)
+    try:
+        publisher = daemon.runner._publisher
+        assert isinstance(publisher, ProcessPublisher)  # the shipped default
+        produce_values(options, settings.kafka.input_topic, [(None, e.encode()) for e in events])
+        publisher._process.kill()
+        publisher._process.wait(10)
+        with pytest.raises(PublisherGone):
+            daemon.runner.run(until=lambda runner: runner.consumed >= len(events))
+        assert daemon.runner.consumed > 0  # it failed handing over a poll's predictions
+    finally:
+        daemon.close()
+    assert committed_offsets(options, settings.kafka.group_id, settings.kafka.input_topic) == {}
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE_NAME]  # no snapshot written
