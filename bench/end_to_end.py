@@ -387,6 +387,7 @@ CATEGORIES = [
     ("publish: hand-over to the publishing process", "publisher_process.py", "send"),
     ("publish: hand-over to the publishing process", "publisher_process.py", "push"),
     ("publish: flush (acks)", "publisher.py", "flush"),
+    ("publish: flush (acks)", "publisher_process.py", "flush"),
     ("publish: other", "runner.py", "_publish"),
     ("snapshot", "checkpoint.py", "maybe_save"),
     ("snapshot", "runner.py", "_shutdown"),

@@ -1,7 +1,7 @@
 """The predictions' producer in a process of its own: the loop thread only frames the records.
 
 Why: the loop is one Python thread holding the GIL, and kafka-python's per-record send took
-about a sixth of it per prediction (`bench/end_to_end.py`, profile). A child process runs a
+about 14% of its time (a profile of `bench/end_to_end.py` on Birthdays). A child process runs a
 `Publisher` on another core; the loop hands it each poll's predictions in one pipe write.
 
 What goes where: keyed records without headers (predictions) go to the child. Dead letters
@@ -49,8 +49,6 @@ PUSH_EVERY_RECORDS = 2000
 PIPE_BYTES = 1 << 20
 # How long past its own timeout a flush or close waits for the child's reply.
 REPLY_GRACE_S = 10.0
-# Spawning the child and its imports (kafka-python, pydantic): seconds on a slow machine.
-START_TIMEOUT_S = 60.0
 
 _LENGTH = struct.Struct("<I")
 _COMMAND = struct.Struct("<cQd")  # kind, sequence number, timeout in seconds
@@ -67,14 +65,11 @@ class ProcessPublisher:
         options: from `client_options`; sent to the child over its pipe, never on its command
             line or in its environment (they may hold secrets).
         kafka: supplies the batching settings.
-        local: the in-process publisher for dead letters and metrics messages (tests may
-            pass one).
     """
 
-    def __init__(
-        self, options: dict[str, Any], kafka: KafkaSettings, local: Publisher | None = None
-    ) -> None:
-        self._local = local if local is not None else Publisher(options, kafka)
+    def __init__(self, options: dict[str, Any], kafka: KafkaSettings) -> None:
+        # Dead letters and metrics messages: few, and sent here.
+        self._local = Publisher(options, kafka)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "daemon.edges.publisher_process"],
             stdin=subprocess.PIPE,
@@ -86,7 +81,6 @@ class ProcessPublisher:
         self._to_child: IO[bytes] = self._process.stdin
         _widen(self._to_child.fileno())
         self._replies: IO[bytes] = self._process.stdout
-        self._from_child = self._replies.fileno()
         self._sequence = 0
         self._topic: str | None = None  # the topic of the queued records
         self._keys: list[bytes] = []
@@ -221,9 +215,9 @@ class ProcessPublisher:
         chunks: list[bytes] = []
         while size:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._from_child], [], [], remaining)[0]:
+            if remaining <= 0 or not select.select([self._replies], [], [], remaining)[0]:
                 raise TimeoutError("the publishing process did not answer in time")
-            chunk = os.read(self._from_child, size)
+            chunk = os.read(self._replies.fileno(), size)
             if not chunk:
                 raise PublisherGone(f"the publishing process exited ({self._exit_status()})")
             chunks.append(chunk)
@@ -281,6 +275,8 @@ def decode_records(body: bytes) -> tuple[str, list[bytes], list[bytes]]:
 
 def _set_up(options: dict[str, Any], kafka: KafkaSettings) -> dict[str, Any]:
     """The child's set-up: client options, Kafka settings and how this process logs."""
+    from daemon.service.logs import JsonFormatter
+
     root = logging.getLogger()
     formatter = root.handlers[0].formatter if root.handlers else None
     return {
@@ -288,7 +284,7 @@ def _set_up(options: dict[str, Any], kafka: KafkaSettings) -> dict[str, Any]:
         # Secrets reach the child in `options` only; the settings' copies stay here.
         "kafka": kafka.model_dump(mode="json", exclude={"sasl_password", "ssl_password"}),
         "log_level": logging.getLevelName(root.level),
-        "log_format": "json" if type(formatter).__name__ == "JsonFormatter" else "text",
+        "log_format": "json" if isinstance(formatter, JsonFormatter) else "text",
     }
 
 
