@@ -50,6 +50,16 @@ PIPE_BYTES = 1 << 20
 # How long past its own timeout a flush or close waits for the child's reply.
 REPLY_GRACE_S = 10.0
 
+# The Kafka settings a `Publisher` reads; the child validates only these.
+PUBLISHER_SETTINGS = frozenset(
+    {
+        "producer_linger_ms",
+        "producer_batch_bytes",
+        "max_request_size",
+        "dead_letter_max_bytes",
+    }
+)
+
 _LENGTH = struct.Struct("<I")
 _COMMAND = struct.Struct("<cQd")  # kind, sequence number, timeout in seconds
 
@@ -281,8 +291,9 @@ def _set_up(options: dict[str, Any], kafka: KafkaSettings) -> dict[str, Any]:
     formatter = root.handlers[0].formatter if root.handlers else None
     return {
         "options": options,
-        # Secrets reach the child in `options` only; the settings' copies stay here.
-        "kafka": kafka.model_dump(mode="json", exclude={"sasl_password", "ssl_password"}),
+        # Only what a Publisher reads (batching and sizes): security reaches the child in
+        # `options`, and a dump without secrets would fail the SASL settings' own check there.
+        "kafka": kafka.model_dump(mode="json", include=PUBLISHER_SETTINGS),
         "log_level": logging.getLevelName(root.level),
         "log_format": "json" if isinstance(formatter, JsonFormatter) else "text",
     }

@@ -98,3 +98,24 @@ def test_end_of_input_without_close_closes_the_producer_and_delivers() -> None:
     _serve(publisher, commands, io.BytesIO())  # type: ignore[arg-type]
     assert publisher.sent == [("p", b"k", b"v")]
     assert publisher.calls == [("close", REPLY_GRACE_S)]
+
+
+def test_the_childs_settings_validate_under_sasl_and_carry_no_secret() -> None:
+    # The shipped k8s and systemd settings: SASL_SSL with the publishing process on. The child
+    # validates the settings it is sent; a dump without the password failed SASL's own check
+    # there, so every deployment with SASL crash-looped at its first prediction.
+    from daemon.edges.publisher_process import _set_up
+    from daemon.settings import KafkaSettings
+
+    kafka = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="lstmd",
+        sasl_password="hunter2-secret",
+        producer_linger_ms=7,
+    )
+    options = {"security_protocol": "SASL_SSL", "sasl_plain_password": "hunter2-secret"}
+    set_up = _set_up(options, kafka)
+    child = KafkaSettings.model_validate(set_up["kafka"])
+    assert child.producer_linger_ms == 7
+    assert "hunter2" not in json.dumps(set_up["kafka"])
