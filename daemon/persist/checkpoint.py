@@ -131,7 +131,19 @@ class Checkpoint:
         self._seen_failed: Counter[str] = Counter()
         # Set by a roll-back until the next finite step: a divergence then is not rolled back.
         self._rollback_mark: tuple[int, int] | None = None
+        # Set by `abandon`: the learner's state is no longer trusted, so nothing is saved or
+        # committed again, whoever asks (a revoke fired by closing the consumer, say).
+        self.abandoned = False
         self.last = clock()
+
+    def abandon(self) -> None:
+        """Stop every later save and commit: the state may hold a half-applied event or step.
+
+        Called before the consumer is closed on an abort: kafka-python's close fires the revoke
+        callback, which would otherwise snapshot, write the state topic and commit the state
+        the abort means to throw away. The restart resumes from the last durable state.
+        """
+        self.abandoned = True
 
     # ---- partitions ---------------------------------------------------------------------
 
@@ -158,6 +170,8 @@ class Checkpoint:
         """Checkpoint when `every_steps` steps or `every_s` seconds (with changes) have passed."""
         config = self._settings.snapshot
         now = self._clock()
+        if self.abandoned:
+            return
         if now < self._retry_at:
             return  # backing off after a failure
         if self._learner.consecutive_nonfinite:
@@ -173,7 +187,7 @@ class Checkpoint:
 
     def retry_commit(self) -> None:
         """Retry a commit that failed (called when idle); nothing to do otherwise."""
-        if self._commit_failures:
+        if self._commit_failures and not self.abandoned:
             self._commit(self._saved_offsets)
 
     # ---- the checkpoint -----------------------------------------------------------------
@@ -189,8 +203,11 @@ class Checkpoint:
             reason: "steps", "interval", "revoke" or "shutdown".
 
         Returns:
-            Whether the state was written (and the commit attempted).
+            Whether the state was written (and the commit attempted); never after `abandon`.
         """
+        if self.abandoned:
+            log.warning("checkpoint refused: the state was abandoned", extra={"reason": reason})
+            return False
         self.last = self._clock()
         leaving = reason in LEAVING
         try:
@@ -299,6 +316,8 @@ class Checkpoint:
 
     def _commit(self, offsets: Mapping[int, int]) -> None:
         """Commit what changed and is durable; a failure is retried later (idle, next, exit)."""
+        if self.abandoned:
+            return
         durable = offsets if self._state_topic is None else self.durable
         changed = {
             p: o for p, o in offsets.items() if self.committed.get(p) != o and durable.get(p) == o

@@ -216,6 +216,8 @@ class Runner:
             exc_info=exc,
             extra={"error": type(exc).__name__, "offsets_committed": self.checkpoint.committed},
         )
+        # Before the consumer closes: its close fires the revoke callback, which checkpoints.
+        self.checkpoint.abandon()
         try:
             self._source.close()
         finally:

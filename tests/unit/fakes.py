@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TOPIC = "lstmd-events"
@@ -36,6 +37,9 @@ class FakeSource:
         self.up = True
         self.commit_failures = 0  # commits still to fail (one fewer each time)
         self.beginning = 0  # oldest offset the "broker" still has
+        # kafka-python's close() fires the revoke callback with the whole assignment; a harness
+        # wires this to the runner's `moves.on_revoke`, as the daemon's wiring does.
+        self.on_revoke: Callable[[set[tuple[str, int]]], None] | None = None
 
     def append(self, values: list[bytes | None]) -> None:
         start = len(self.messages)
@@ -69,6 +73,8 @@ class FakeSource:
         return self.up
 
     def close(self) -> None:
+        if self.on_revoke is not None and not self.closed:
+            self.on_revoke(self.assignment())
         self.closed = True
 
     @property

@@ -55,6 +55,7 @@ class Harness:
             clock=lambda: self.clock[0],
             state_topic=state_topic,
         )
+        self.source.on_revoke = self.runner.moves.on_revoke
 
     def turns(self, n: int) -> None:
         for _ in range(n):
