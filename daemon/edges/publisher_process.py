@@ -293,7 +293,7 @@ def _set_up(options: dict[str, Any], kafka: KafkaSettings) -> dict[str, Any]:
         "options": options,
         # Only what a Publisher reads (batching and sizes): security reaches the child in
         # `options`, and a dump without secrets would fail the SASL settings' own check there.
-        "kafka": kafka.model_dump(mode="json", include=PUBLISHER_SETTINGS),
+        "kafka": kafka.model_dump(mode="json", include=set(PUBLISHER_SETTINGS)),
         "log_level": logging.getLevelName(root.level),
         "log_format": "json" if isinstance(formatter, JsonFormatter) else "text",
     }

@@ -46,6 +46,8 @@ log = logging.getLogger("lstmd.state_topic")
 # message.max.bytes); half of it leaves room for the key, headers and batch overhead.
 STATE_CHUNK_BYTES = 512 * 1024
 STATE_MAX_REQUEST_BYTES = 1_048_576
+# A write's chunks and manifests share one deadline. The loop waits for it (checkpoints run on
+# the loop thread), so the caller passes less than `health.stall_s`; this is the longest.
 WRITE_TIMEOUT_S = 60.0
 READ_POLL_MS = 200
 # Tansu's end offsets may trail the last batch (kafka_io notes): after reaching them, one empty
@@ -134,15 +136,31 @@ class StateTopic:
             )
         return len(found)
 
-    def write(self, states: Mapping[int, PartitionState]) -> None:
+    def write(
+        self, states: Mapping[int, PartitionState], timeout_s: float = WRITE_TIMEOUT_S
+    ) -> None:
         """Store every partition's state; return only when every record is acknowledged.
 
         Chunks (and tombstones for chunks the slot no longer uses) first, then, once those are
         acknowledged, the manifests. Commit the offsets only after this returns.
 
+        Args:
+            states: per input partition, its state.
+            timeout_s: the whole write's deadline, chunks and manifests together.
+
         Raises:
-            RuntimeError: a record was not acknowledged; nothing of this write may be relied on.
+            RuntimeError: a record was not acknowledged in time, or the client failed (a
+                timeout, the broker gone); nothing of this write may be relied on.
         """
+        try:
+            self._write(states, time.monotonic() + timeout_s)
+        except KafkaError as exc:  # KafkaTimeoutError among them: not a RuntimeError
+            raise RuntimeError(
+                f"state topic {self._topic}: write failed: {type(exc).__name__}: {exc}; "
+                "offsets must not be committed"
+            ) from exc
+
+    def _write(self, states: Mapping[int, PartitionState], deadline: float) -> None:
         manifests: list[tuple[int, dict[str, Any]]] = []
         errors: list[BaseException] = []
         for partition, state in states.items():
@@ -159,7 +177,7 @@ class StateTopic:
                     partition, chunk_key(self._input, partition, slot, index), None, [], errors
                 )
             manifests.append((partition, manifest))
-        self._flush(errors, "chunks")
+        self._flush(errors, "chunks", deadline)
         for partition, manifest in manifests:
             self._send(
                 partition,
@@ -168,7 +186,7 @@ class StateTopic:
                 [],
                 errors,
             )
-        self._flush(errors, "manifests")
+        self._flush(errors, "manifests", deadline)
         for partition, manifest in manifests:
             _, counts = self._slots.get(partition, (None, {}))
             self._slots[partition] = (
@@ -193,8 +211,8 @@ class StateTopic:
         )
         future.add_errback(errors.append)
 
-    def _flush(self, errors: list[BaseException], what: str) -> None:
-        self._producer.flush(timeout=WRITE_TIMEOUT_S)
+    def _flush(self, errors: list[BaseException], what: str, deadline: float) -> None:
+        self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
         if errors:
             raise RuntimeError(
                 f"state topic {self._topic}: {len(errors)} {what} not stored: {errors[0]!r}; "
@@ -211,7 +229,12 @@ class StateTopic:
         if not wanted:
             return {}
         records = self._read_partitions({p % self._partitions for p in wanted})
-        manifests, chunks = _collect(records, self._input, wanted)
+        try:
+            manifests, chunks = _collect(records, self._input, wanted)
+        except KafkaError as exc:
+            raise RuntimeError(
+                f"state topic {self._topic}: read failed: {type(exc).__name__}: {exc}"
+            ) from exc
         out: dict[int, PartitionState] = {}
         for partition in sorted(wanted):
             state = self._newest_valid(partition, manifests.get(partition, []), chunks)

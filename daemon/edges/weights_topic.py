@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,13 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from daemon.core.averaging import ReplicaWeights, Weights, live
+from daemon.persist.untrusted import (
+    UntrustedRecord,
+    finite_number,
+    load_npz,
+    matching_arrays,
+    whole_number,
+)
 
 log = logging.getLogger("lstmd.weights_topic")
 
@@ -33,9 +41,23 @@ META_HEADER = "lstmd-weights-meta"
 # Under Kafka's default message.max.bytes (1 MiB) with room for key and headers. A 16-unit LSTM
 # is a few KB; a model past this needs chunking like the state topic (not built).
 MAX_WEIGHTS_BYTES = 900_000
-PUBLISH_TIMEOUT_S = 30.0
+# Both wait on the loop thread, well inside `health.stall_s` (60 s by default).
+PUBLISH_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 10.0
 READ_POLL_MS = 100
 COMPACT = {"cleanup.policy": "compact"}
+# What a record may claim (DESIGN §11: the weights topic is untrusted input). A publication
+# stamped further ahead than this clock skew would count as live forever in a compacted topic.
+MAX_CLOCK_SKEW_S = 300.0
+# A replica's trained events: 10**12 is ~30 years at 1,000 events/s, and keeps the averaging's
+# float64 shares exact. It bounds the claim, not its honesty: see docs on the weights topic's ACL.
+MAX_SAMPLE_COUNT = 10**12
+MAX_VERSION = 2**62
+MAX_META_BYTES = 4096
+# A template names each weight array's (shape, dtype): this model's own `get_weights()`.
+Template = list[tuple[tuple[int, ...], np.dtype]]
+# Called with (reason, detail) for every record skipped.
+Rejected = Callable[[str, str], None]
 
 
 def ensure_weights_topic(options: dict[str, Any], topic: str) -> None:
@@ -55,10 +77,64 @@ def encode_weights(weights: Weights) -> bytes:
     return buffer.getvalue()
 
 
-def decode_weights(value: bytes, count: int) -> Weights:
-    """Return the `count` arrays of an `encode_weights` value."""
-    with np.load(io.BytesIO(value), allow_pickle=False) as archive:
-        return [archive[f"w{i}"] for i in range(count)]
+def template_of(weights: Weights) -> Template:
+    """Return the (shape, dtype) of each weight array, what a record must match."""
+    return [(tuple(w.shape), np.dtype(w.dtype)) for w in weights]
+
+
+def decode_weights(value: bytes, template: Template) -> Weights:
+    """Return the arrays of an `encode_weights` value, checked against this model's template.
+
+    Raises:
+        UntrustedRecord: not an uncompressed `.npz`, other arrays, shapes or dtypes, or values
+            that are not finite.
+    """
+    arrays = load_npz(value, max_arrays=len(template))
+    names = [f"w{i}" for i in range(len(template))]
+    if sorted(arrays) != sorted(names):
+        raise UntrustedRecord("shape", f"arrays {sorted(arrays)[:5]}, this model {len(names)}")
+    weights = [arrays[name] for name in names]
+    matching_arrays(weights, template, "weight")
+    return weights
+
+
+def decode_record(
+    key: bytes | None, value: bytes, headers: Any, template: Template, now: float
+) -> ReplicaWeights:
+    """Return one weights record as a replica's weights, every field checked.
+
+    Raises:
+        UntrustedRecord: a key, header, count, version, time or array that is not what this
+            lstmd writes for this model.
+    """
+    try:
+        replica = (key or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise UntrustedRecord("bad_key", "replica id is not UTF-8") from None
+    if not replica or len(replica) > 512:
+        raise UntrustedRecord("bad_key", "replica id is empty or over 512 characters")
+    meta = _meta(headers)
+    whole_number(meta.get("arrays"), "arrays", len(template), len(template))
+    count = whole_number(meta.get("sample_count"), "sample_count", 0, MAX_SAMPLE_COUNT)
+    version = whole_number(meta.get("version"), "version", 0, MAX_VERSION)
+    published = finite_number(meta.get("time"), "time", 0.0, now + MAX_CLOCK_SKEW_S)
+    return ReplicaWeights(replica, count, decode_weights(value, template), version, published)
+
+
+def _meta(headers: Any) -> dict[str, Any]:
+    try:
+        raw = dict(headers or ()).get(META_HEADER)
+    except (TypeError, ValueError):
+        raise UntrustedRecord("bad_meta", "headers are not name/value pairs") from None
+    if not isinstance(raw, bytes) or len(raw) > MAX_META_BYTES:
+        raise UntrustedRecord("bad_meta", f"header {META_HEADER} missing or too large")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise UntrustedRecord("bad_meta", f"header {META_HEADER} is not JSON") from None
+    if not isinstance(meta, dict):
+        raise UntrustedRecord("bad_meta", f"header {META_HEADER} is not an object")
+    return meta
 
 
 class WeightsTopic:
@@ -68,11 +144,23 @@ class WeightsTopic:
         options: from `kafka_io.client_options`.
         topic: the weights topic (`kafka.weights_topic`, created with `ensure_weights_topic`).
         replica_id: this replica's key (the pod name, or `kafka.group_instance_id`).
+        template: this model's weights' (shape, dtype) (`template_of(model.get_weights())`);
+            records that do not match are skipped.
+        rejected: told (reason, detail) of every record skipped (a metric, a warning).
     """
 
-    def __init__(self, options: dict[str, Any], topic: str, replica_id: str) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        topic: str,
+        replica_id: str,
+        template: Template,
+        rejected: Rejected | None = None,
+    ) -> None:
         self._topic = topic
         self.replica_id = replica_id
+        self._template = template
+        self._rejected = rejected or _log_rejected
         self._producer = KafkaProducer(**options, acks="all", enable_idempotence=True)
         self._consumer = KafkaConsumer(**options, group_id=None, enable_auto_commit=False)
         partitions = self._consumer.partitions_for_topic(topic) or set()
@@ -88,8 +176,14 @@ class WeightsTopic:
 
         Raises:
             ValueError: the weights are too large for one record.
-            RuntimeError: the broker did not acknowledge the record.
+            RuntimeError: the broker did not acknowledge the record, or the client failed.
         """
+        try:
+            return self._publish(sample_count, weights, version)
+        except KafkaError as exc:  # KafkaTimeoutError from send() among them
+            raise RuntimeError(f"weights not published to {self._topic}: {exc!r}") from exc
+
+    def _publish(self, sample_count: int, weights: Weights, version: int) -> float:
         value = encode_weights(weights)
         if len(value) > MAX_WEIGHTS_BYTES:
             raise ValueError(f"weights are {len(value)} B, over {MAX_WEIGHTS_BYTES} B per record")
@@ -113,10 +207,20 @@ class WeightsTopic:
         return now
 
     def latest(self) -> dict[str, ReplicaWeights]:
-        """Read the topic to its end and return the latest weights of every replica."""
+        """Read the topic to its end and return the latest valid weights of every replica.
+
+        Raises:
+            RuntimeError: the client failed (a timeout, the broker gone).
+        """
+        try:
+            return self._latest_now()
+        except KafkaError as exc:
+            raise RuntimeError(f"weights topic {self._topic} not read: {exc!r}") from exc
+
+    def _latest_now(self) -> dict[str, ReplicaWeights]:
         tps = list(self._consumer.assignment())
-        ends = self._consumer.end_offsets(tps)
-        deadline = time.monotonic() + PUBLISH_TIMEOUT_S
+        ends = self._consumer.end_offsets(tps, timeout_ms=int(READ_TIMEOUT_S * 1000))
+        deadline = time.monotonic() + READ_TIMEOUT_S
         while True:
             batch = self._consumer.poll(timeout_ms=READ_POLL_MS)
             records = [record for records in batch.values() for record in records]
@@ -131,26 +235,24 @@ class WeightsTopic:
         return live(list(self.latest().values()), now, sync_every_s)
 
     def _take(self, record: Any) -> None:
-        replica = (record.key or b"").decode("utf-8", errors="replace")
         if record.value is None:
+            replica = (record.key or b"").decode("utf-8", errors="replace")
             self._latest.pop(replica, None)  # a tombstone: the replica left for good
             return
         try:
-            meta = json.loads(dict(record.headers or ()).get(META_HEADER, b"{}"))
-            weights = decode_weights(record.value, int(meta["arrays"]))
-            self._latest[replica] = ReplicaWeights(
-                replica,
-                int(meta["sample_count"]),
-                weights,
-                int(meta["version"]),
-                float(meta["time"]),
+            weights = decode_record(
+                record.key, record.value, record.headers, self._template, time.time()
             )
-        except (KeyError, ValueError, OSError) as exc:
-            log.warning(
-                "unreadable weights record skipped", extra={"replica": replica, "problem": str(exc)}
-            )
+        except UntrustedRecord as exc:
+            self._rejected(exc.reason, f"offset {record.offset}: {exc.detail}")
+            return
+        self._latest[weights.replica_id] = weights
 
     def close(self) -> None:
         """Release the producer and the reader."""
         self._producer.close(timeout=PUBLISH_TIMEOUT_S)
         self._consumer.close(autocommit=False)
+
+
+def _log_rejected(reason: str, detail: str) -> None:
+    log.warning("weights record skipped", extra={"reason": reason, "detail": detail})

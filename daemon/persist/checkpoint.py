@@ -36,6 +36,10 @@ FLUSH_TIMEOUT_S = 30.0
 # not hold the loop (and /readyz, which the loop updates) for the whole stop timeout; the
 # checkpoint is retried with the usual backoff instead.
 PERIODIC_FLUSH_TIMEOUT_S = 5.0
+# A periodic checkpoint's state-topic write waits at most this long, chunks and manifests
+# together: the loop waits for it, and /healthz calls the loop stalled after `health.stall_s`
+# (60 s by default). A revoke or a stop waits FLUSH_TIMEOUT_S.
+PERIODIC_STATE_WRITE_TIMEOUT_S = 20.0
 # A failing checkpoint (disk full, broker not acknowledging) is retried after 1, 2, 4 ... seconds,
 # never less often than this.
 SNAPSHOT_RETRY_MAX_S = 60.0
@@ -65,7 +69,7 @@ class Flusher(Protocol):
 class StateWriter(Protocol):
     """The state topic (`daemon.edges.state_topic.StateTopic`), as far as writing goes."""
 
-    def write(self, states: Mapping[int, PartitionState]) -> None: ...
+    def write(self, states: Mapping[int, PartitionState], timeout_s: float) -> None: ...
 
 
 class CheckpointFailed(Exception):
@@ -222,7 +226,7 @@ class Checkpoint:
                 self._write(reason)
             if answered:
                 self.durable.clear()  # answered flags changed: the next owner must see them
-            self._write_state_topic()
+            self._write_state_topic(FLUSH_TIMEOUT_S if leaving else PERIODIC_STATE_WRITE_TIMEOUT_S)
         except CheckpointFailed as exc:
             self._failed(reason, str(exc))
             return False
@@ -269,7 +273,7 @@ class Checkpoint:
         self._failure_streak = 0
         self._retry_at = 0.0
 
-    def _write_state_topic(self) -> None:
+    def _write_state_topic(self, timeout_s: float) -> None:
         """Put every partition whose offset moved since its last write into the state topic."""
         if self._state_topic is None:
             return
@@ -283,8 +287,8 @@ class Checkpoint:
             states[partition] = PartitionState(offset, packed.arrays, packed.meta)
         started = time.perf_counter()
         try:
-            self._state_topic.write(states)
-        except (RuntimeError, TimeoutError, OSError) as exc:
+            self._state_topic.write(states, timeout_s)
+        except (RuntimeError, TimeoutError, OSError) as exc:  # the edge translates client errors
             raise CheckpointFailed(f"state topic write failed: {exc}") from None
         self.durable.update(changed)
         self._metrics.set_state_topic_lag(self.state_topic_lag())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -24,7 +25,7 @@ from daemon.edges.kafka_io import (
     partition_count,
 )
 from daemon.edges.state_topic import StateTopic, ensure_state_topic
-from daemon.edges.weights_topic import WeightsTopic, ensure_weights_topic
+from daemon.edges.weights_topic import WeightsTopic, ensure_weights_topic, template_of
 from daemon.model.environment import configure_tensorflow
 from daemon.persist.checkpointing import Checkpointer
 from daemon.persist.lock import DirectoryLock, DirectoryLocked
@@ -292,7 +293,13 @@ def _weight_sync(
     ensure_weights_topic(options, kafka.weights_topic)
     # Keyed by group, too: only replicas of this group are averaged.
     name = f"{kafka.group_id}/{replica_id(kafka.group_instance_id)}"
-    channel = WeightsTopic(options, kafka.weights_topic, name)
+    channel = WeightsTopic(
+        options,
+        kafka.weights_topic,
+        name,
+        template_of(model.get_weights()),
+        functools.partial(metrics.reject_internal, "weights"),
+    )
     sync = WeightSync(channel, model, learner, metrics, every_s, scope=f"{kafka.group_id}/")
     sync.version = int(checkpointer.extra.get("weights_version", 0))
     sync.join()

@@ -9,6 +9,7 @@ number, and the constant build and model info.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from prometheus_client import (
@@ -42,6 +43,8 @@ _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _RESTORE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 MODEL_LABELS = ("lstmd", "naive")
+
+_log = logging.getLogger("lstmd.trust")
 
 
 class DaemonMetrics:
@@ -247,6 +250,13 @@ class DaemonMetrics:
             "Replicas whose weights counted in the last average (published within 3 sync periods).",
             registry=r,
         )
+        self.internal_records_rejected = Counter(
+            "lstmd_internal_records_rejected",
+            "Records of lstmd's own state and weights topics skipped because they failed "
+            "validation, by topic (state, weights) and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
         self.weights_divergence = Gauge(
             "lstmd_weights_divergence",
             "L2 norm of this replica's weights minus the average, just before adopting it.",
@@ -283,6 +293,13 @@ class DaemonMetrics:
                 "n_features": str(model.n_features),
                 "horizon": str(model.horizon),
             }
+        )
+
+    def reject_internal(self, topic: str, reason: str, detail: str) -> None:
+        """Count and log one internal-topic record skipped (DESIGN §11: untrusted input)."""
+        self.internal_records_rejected.labels(topic=topic, reason=reason).inc()
+        _log.warning(
+            "internal record skipped", extra={"topic": topic, "reason": reason, "detail": detail}
         )
 
     def set_consumer_lag(self, lag: Mapping[tuple[str, int], int]) -> None:

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
+
 from daemon.core.averaging import ReplicaWeights, divergence, live, weighted_average
 from daemon.core.learner import OnlineLearner
 from daemon.service.metrics import DaemonMetrics
@@ -78,10 +80,20 @@ class WeightSync:
         self._last = clock()
 
     def join(self) -> None:
-        """At start-up: adopt the live replicas' average, if any replica is live."""
+        """At start-up: adopt the live replicas' average, if any replica is live.
+
+        A weights topic that cannot be read now leaves this replica with its own weights; the
+        next sync tries again.
+        """
         if not self._every_s:
             return
-        others = [r for r in self._live(time.time()) if r.replica_id != self.channel.replica_id]
+        try:
+            others = [r for r in self._live(time.time()) if r.replica_id != self.channel.replica_id]
+        except (RuntimeError, TimeoutError) as exc:
+            log.warning(
+                "weights not joined; starting from this replica's own", extra={"error": str(exc)}
+            )
+            return
         if others:
             self._adopt(others, "joined")
 
@@ -91,6 +103,9 @@ class WeightSync:
             return
         self._last = self._clock()
         weights = self._model.get_weights()
+        if not all(np.isfinite(w).all() for w in weights):
+            log.warning("weight sync skipped: this replica's weights are not finite")
+            return
         try:
             published = self.channel.publish(self._learner.trained_events, weights, self.version)
             replicas = self._live(published)

@@ -124,8 +124,10 @@ class FakeStateTopic:
         self.states: dict = {}
         self.writes: list[dict[int, int]] = []  # per write: partition → offset
         self.failing = 0
+        self.timeouts: list[float] = []
 
-    def write(self, states: dict) -> None:
+    def write(self, states: dict, timeout_s: float = 60.0) -> None:
+        self.timeouts.append(timeout_s)
         if self.failing:
             self.failing -= 1
             raise RuntimeError("state topic lstmd-state: 1 chunks not stored")
