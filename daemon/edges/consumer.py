@@ -140,6 +140,7 @@ class EventSource:
         on_lost: PartitionCallback | None = None,
     ) -> None:
         static = {"group_instance_id": kafka.group_instance_id} if kafka.group_instance_id else {}
+        self._options = options
         self._consumer = KafkaConsumer(
             **options,
             **RECONNECT_BACKOFF,
@@ -317,6 +318,33 @@ class EventSource:
             return self._consumer.beginning_offsets([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
         except KafkaError:
             return None
+
+    def offset_reachable(self, partition: int, offset: int) -> bool:
+        """Say whether an input partition has ever held records up to `offset` (exclusive).
+
+        A restored state's offset past the partition's end would seek beyond every record, and
+        the events that come there later would be skipped up to it. Tansu's end offsets may
+        trail the last batch (see the module notes), so an offset past them is checked by
+        fetching the record before it. A broker that does not answer in time is given the
+        benefit of the doubt: this guards against hostile records, not a slow cluster.
+        """
+        tp = TopicPartition(self._topic, partition)
+        try:
+            end = self._consumer.end_offsets([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
+        except KafkaError:
+            return True
+        if end is None or offset <= end:
+            return True
+        probe = KafkaConsumer(**self._options, group_id=None, enable_auto_commit=False)
+        try:
+            probe.assign([tp])
+            probe.seek(tp, offset - 1)
+            records = probe.poll(timeout_ms=OFFSETS_TIMEOUT_MS).get(tp, [])
+            return any(record.offset >= offset - 1 for record in records)
+        except KafkaError:
+            return True
+        finally:
+            probe.close(autocommit=False)
 
     def topic_id(self) -> str | None:
         """Return the input topic's id from metadata; None when the broker sends none."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -28,9 +29,9 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
+from daemon.core.untrusted import UntrustedRecord
 from daemon.persist.partition_state import (
     PartitionState,
-    StateCorrupt,
     chunk_key,
     decode,
     decode_manifest,
@@ -56,6 +57,12 @@ READ_IDLE_S = 0.5
 READ_TIMEOUT_S = 120.0
 WRITE_ID_HEADER = "lstmd-write-id"
 COMPACT = {"cleanup.policy": "compact"}
+# Called with (reason, detail) for every record or stored state skipped.
+Rejected = Callable[[str, str], None]
+
+
+def _log_rejected(reason: str, detail: str) -> None:
+    log.warning("state record skipped", extra={"reason": reason, "detail": detail})
 
 
 def ensure_state_topic(options: dict[str, Any], topic: str, partitions: int) -> dict[str, str]:
@@ -99,6 +106,7 @@ class StateTopic:
         input_topic: the input topic whose partitions' states these are; lstmd passes
             `{group_id}/{input_topic}`, so that each consumer group keeps its own states.
         chunk_bytes: the largest chunk.
+        rejected: told (reason, detail) of every record or stored state skipped.
     """
 
     def __init__(
@@ -107,8 +115,10 @@ class StateTopic:
         state_topic: str,
         input_topic: str,
         chunk_bytes: int = STATE_CHUNK_BYTES,
+        rejected: Rejected | None = None,
     ) -> None:
         self._options = options
+        self._rejected = rejected or _log_rejected
         self._topic = state_topic
         self._input = input_topic
         self._chunk_bytes = chunk_bytes
@@ -230,7 +240,7 @@ class StateTopic:
             return {}
         records = self._read_partitions({p % self._partitions for p in wanted})
         try:
-            manifests, chunks = _collect(records, self._input, wanted)
+            manifests, chunks = _collect(records, self._input, wanted, self._rejected)
         except KafkaError as exc:
             raise RuntimeError(
                 f"state topic {self._topic}: read failed: {type(exc).__name__}: {exc}"
@@ -243,29 +253,19 @@ class StateTopic:
         return out
 
     def _newest_valid(
-        self,
-        partition: int,
-        manifests: list[dict[str, Any]],
-        chunks: dict[str, tuple[bytes | None, bytes]],
+        self, partition: int, manifests: list[dict[str, Any]], chunks: Chunks
     ) -> PartitionState | None:
-        counts = _slot_counts(self._input, partition, chunks)
+        counts = _slot_counts(partition, chunks)
         for manifest in reversed(manifests):  # newest first; an older one may still verify
             parts = []
             for index in range(len(manifest["chunks"])):
-                value, write_id = chunks.get(
-                    chunk_key(self._input, partition, manifest["slot"], index), (None, b"")
-                )
+                value, write_id = chunks.get((partition, manifest["slot"], index), (None, b""))
                 parts.append(value if write_id == manifest["write_id"].encode() else None)
             try:
                 state = decode(manifest, parts)
-            except StateCorrupt as exc:
-                log.warning(
-                    "damaged partition state skipped",
-                    extra={
-                        "partition": partition,
-                        "offset": manifest["offset"],
-                        "problem": str(exc),
-                    },
+            except UntrustedRecord as exc:
+                self._rejected(
+                    exc.reason, f"partition {partition}, offset {manifest['offset']}: {exc.detail}"
                 )
                 continue
             self._slots[partition] = (manifest["slot"], counts)
@@ -318,39 +318,70 @@ def _drain(consumer: KafkaConsumer, tps: list[TopicPartition]) -> Iterator[Any]:
             raise TimeoutError(f"state topic not read to its end in {READ_TIMEOUT_S:g} s")
 
 
+# Keys under `{input_topic}/`: a manifest, or a chunk of slot a or b. ASCII digits only: "²"
+# is a digit to str.isdigit and not to int().
+_MANIFEST_KEY = re.compile(r"([0-9]{1,10})/manifest")
+_CHUNK_KEY = re.compile(r"([0-9]{1,10})/chunk/([ab])/([0-9]{1,6})")
+# Chunks per (partition, slot, index); the newest record of each key wins.
+Chunks = dict[tuple[int, str, int], tuple[bytes | None, bytes]]
+
+
 def _collect(
-    records: Iterable[Any], input_topic: str, wanted: set[int]
-) -> tuple[dict[int, list[dict[str, Any]]], dict[str, tuple[bytes | None, bytes]]]:
-    """Return the manifests per partition (oldest first) and the newest record per chunk key."""
+    records: Iterable[Any], input_topic: str, wanted: set[int], rejected: Rejected
+) -> tuple[dict[int, list[dict[str, Any]]], Chunks]:
+    """Return the manifests per partition (oldest first) and the newest record per chunk.
+
+    Records of other input topics (or groups) are passed over; records under this topic's
+    prefix that are not what lstmd writes are skipped and reported.
+    """
     manifests: dict[int, list[dict[str, Any]]] = {}
-    chunks: dict[str, tuple[bytes | None, bytes]] = {}
-    prefix = f"{input_topic}/"
+    chunks: Chunks = {}
+    prefix = f"{input_topic}/".encode()
     for record in records:
-        key = (record.key or b"").decode("utf-8", errors="replace")
+        key = record.key or b""
         if not key.startswith(prefix):
             continue  # another input topic's state
-        parts = key[len(prefix) :].split("/")
-        if not parts[0].isdigit() or int(parts[0]) not in wanted:
-            continue
-        if parts[1:] == ["manifest"] and record.value is not None:
-            try:
-                manifests.setdefault(int(parts[0]), []).append(decode_manifest(record.value))
-            except StateCorrupt as exc:
-                log.warning("unreadable manifest skipped", extra={"key": key, "problem": str(exc)})
-        elif len(parts) == 4 and parts[1] == "chunk":
-            write_id = dict(record.headers or ()).get(WRITE_ID_HEADER, b"")
-            chunks[key] = (record.value, write_id)
+        name = key[len(prefix) :].decode("ascii", errors="replace")
+        if (manifest_key := _MANIFEST_KEY.fullmatch(name)) is not None:
+            partition = int(manifest_key.group(1))
+            if partition in wanted and record.value is not None:
+                _take_manifest(manifests, partition, record, rejected)
+        elif (chunk := _CHUNK_KEY.fullmatch(name)) is not None:
+            partition = int(chunk.group(1))
+            if partition in wanted:
+                write_id = _header(record.headers, WRITE_ID_HEADER)
+                chunks[(partition, chunk.group(2), int(chunk.group(3)))] = (record.value, write_id)
+        else:
+            rejected("bad_key", f"offset {record.offset}: key {name[:60]!r}")
     return manifests, chunks
 
 
-def _slot_counts(
-    input_topic: str, partition: int, chunks: Mapping[str, tuple[bytes | None, bytes]]
-) -> dict[str, int]:
+def _take_manifest(
+    manifests: dict[int, list[dict[str, Any]]], partition: int, record: Any, rejected: Rejected
+) -> None:
+    try:
+        manifest = decode_manifest(record.value)
+    except UntrustedRecord as exc:
+        rejected(exc.reason, f"partition {partition}, offset {record.offset}: {exc.detail}")
+        return
+    if manifest.get("partition", partition) != partition:
+        rejected("wrong_partition", f"manifest of {manifest['partition']} under {partition}")
+        return
+    manifests.setdefault(partition, []).append(manifest)
+
+
+def _header(headers: Any, name: str) -> bytes:
+    try:
+        value = dict(headers or ()).get(name, b"")
+    except (TypeError, ValueError):
+        return b""
+    return value if isinstance(value, bytes) else b""
+
+
+def _slot_counts(partition: int, chunks: Chunks) -> dict[str, int]:
     """Return per slot one past the highest chunk index still holding a value."""
     counts: dict[str, int] = {}
-    prefix = f"{input_topic}/{partition}/chunk/"
-    for key, (value, _) in chunks.items():
-        if key.startswith(prefix) and value is not None:
-            slot, index = key[len(prefix) :].split("/")
-            counts[slot] = max(counts.get(slot, 0), int(index) + 1)
+    for (owner, slot, index), (value, _) in chunks.items():
+        if owner == partition and value is not None:
+            counts[slot] = max(counts.get(slot, 0), index + 1)
     return counts

@@ -27,7 +27,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from daemon.core.averaging import ReplicaWeights, Weights, live
-from daemon.persist.untrusted import (
+from daemon.core.untrusted import (
     UntrustedRecord,
     finite_number,
     load_npz,

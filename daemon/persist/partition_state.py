@@ -29,12 +29,25 @@ from typing import Any
 
 import numpy as np
 
+from daemon.core.untrusted import UntrustedRecord, load_npz, whole_number
+
 FORMAT_VERSION = 1
 SLOTS = ("a", "b")
+# What a manifest may claim (the state topic is untrusted input, DESIGN §11). 65,536 chunks of
+# 512 KiB are 32 GiB, far past any store; offsets are Kafka's int64.
+MAX_CHUNKS = 65_536
+MAX_OFFSET = 2**62
+MAX_MANIFEST_BYTES = 1_048_576
+# Arrays in one partition state: the store's columns (about 40 today) with ample room.
+MAX_ARRAYS = 512
+_HEX = frozenset("0123456789abcdef")
 
 
-class StateCorrupt(Exception):
+class StateCorrupt(UntrustedRecord):
     """A stored state does not verify (missing or damaged chunk, bad manifest); skip it."""
+
+    def __init__(self, detail: str, reason: str = "corrupt") -> None:
+        super().__init__(reason, detail)
 
 
 @dataclass(frozen=True)
@@ -113,16 +126,41 @@ def decode_manifest(value: bytes) -> dict[str, Any]:
     Raises:
         StateCorrupt: not a manifest this version can read.
     """
+    if len(value) > MAX_MANIFEST_BYTES:
+        raise StateCorrupt(f"manifest is {len(value)} bytes", "too_large")
     try:
         manifest = json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise StateCorrupt(f"manifest is not JSON: {exc}") from None
-    needed = {"format", "offset", "slot", "write_id", "sha256", "chunks", "meta"}
+        raise StateCorrupt(f"manifest is not JSON: {exc}", "bad_manifest") from None
+    needed = {"format", "offset", "slot", "write_id", "sha256", "chunks", "meta", "bytes"}
     if not isinstance(manifest, dict) or not needed <= manifest.keys():
-        raise StateCorrupt("manifest lacks fields")
-    if manifest["format"] != FORMAT_VERSION:
-        raise StateCorrupt(f"manifest format {manifest['format']} (this reads {FORMAT_VERSION})")
+        raise StateCorrupt("manifest lacks fields", "bad_manifest")
+    if manifest["format"] != FORMAT_VERSION or isinstance(manifest["format"], bool):
+        raise StateCorrupt(f"manifest format {manifest['format']!r} (reads {FORMAT_VERSION})")
+    _check_manifest_fields(manifest)
     return manifest
+
+
+def _check_manifest_fields(manifest: dict[str, Any]) -> None:
+    whole_number(manifest["offset"], "offset", 0, MAX_OFFSET)
+    whole_number(manifest["bytes"], "bytes", 0, MAX_CHUNKS * (1 << 20))
+    if "partition" in manifest:
+        whole_number(manifest["partition"], "partition", 0, 2**31 - 1)
+    if manifest["slot"] not in SLOTS:
+        raise StateCorrupt(f"slot {manifest['slot']!r}", "bad_manifest")
+    if not _hex(manifest["write_id"], 32) or not _hex(manifest["sha256"], 64):
+        raise StateCorrupt("write_id or sha256 is not hex", "bad_manifest")
+    chunks = manifest["chunks"]
+    if not isinstance(chunks, list) or len(chunks) > MAX_CHUNKS:
+        raise StateCorrupt("chunks is not a list of digests", "bad_manifest")
+    if not all(_hex(digest, 64) for digest in chunks):
+        raise StateCorrupt("chunks is not a list of digests", "bad_manifest")
+    if not isinstance(manifest["meta"], dict):
+        raise StateCorrupt("meta is not an object", "bad_manifest")
+
+
+def _hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and set(value) <= _HEX
 
 
 def decode(manifest: Mapping[str, Any], chunks: Sequence[bytes | None]) -> PartitionState:
@@ -144,13 +182,11 @@ def decode(manifest: Mapping[str, Any], chunks: Sequence[bytes | None]) -> Parti
         if hashlib.sha256(chunk).hexdigest() != digest:
             raise StateCorrupt(f"chunk {index} checksum mismatch")
     payload = b"".join(chunks)  # type: ignore[arg-type]
+    if len(payload) != manifest["bytes"]:
+        raise StateCorrupt(f"{len(payload)} bytes, manifest says {manifest['bytes']}")
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
         raise StateCorrupt("state checksum mismatch")
-    try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError) as exc:
-        raise StateCorrupt(f"arrays do not load: {exc}") from None
+    arrays = load_npz(payload, MAX_ARRAYS)
     return PartitionState(int(manifest["offset"]), arrays, dict(manifest["meta"]))
 
 
@@ -170,12 +206,25 @@ def pack_keys(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> PartitionS
 
 
 def unpack_keys(state: PartitionState) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Undo `pack_keys`: return (arrays, meta) as `export_partition` made them."""
+    """Undo `pack_keys`: return (arrays, meta) as `export_partition` made them.
+
+    Raises:
+        UntrustedRecord: the key arrays do not describe a list of UTF-8 names.
+    """
     arrays = dict(state.arrays)
     meta = dict(state.meta)
-    if "key_bytes" in arrays:
-        data = arrays.pop("key_bytes").tobytes()
-        ends = np.cumsum(arrays.pop("key_lengths")).tolist()
-        starts = [0, *ends[:-1]] if ends else []
-        meta["keys"] = [data[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
+    if "key_bytes" not in arrays or "key_lengths" not in arrays:
+        raise UntrustedRecord("bad_keys", "no key_bytes and key_lengths arrays")
+    data, lengths = arrays.pop("key_bytes"), arrays.pop("key_lengths")
+    if data.dtype != np.uint8 or data.ndim != 1 or lengths.dtype != np.int64 or lengths.ndim != 1:
+        raise UntrustedRecord("bad_keys", "key arrays of the wrong dtype or rank")
+    if lengths.size and (lengths.min() < 0 or int(lengths.sum()) != data.size):
+        raise UntrustedRecord("bad_keys", "key lengths do not add up to the key bytes")
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]] if ends else []
+    raw = data.tobytes()
+    try:
+        meta["keys"] = [raw[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
+    except UnicodeDecodeError:
+        raise UntrustedRecord("bad_keys", "a key is not UTF-8") from None
     return arrays, meta

@@ -232,7 +232,12 @@ def _build_while_joining(
     ensure_state_topic(options, kafka.state_topic, partition_count(options, kafka.input_topic))
     # States belong to a consumer group (two groups reading one topic each keep their own), as
     # Kafka Streams names changelogs after the application id.
-    state_topic = StateTopic(options, kafka.state_topic, f"{kafka.group_id}/{kafka.input_topic}")
+    state_topic = StateTopic(
+        options,
+        kafka.state_topic,
+        f"{kafka.group_id}/{kafka.input_topic}",
+        rejected=functools.partial(metrics.reject_internal, "state"),
+    )
     weights = _weight_sync(settings, options, model, learner, metrics, checkpointer)
     publisher: Publisher | ProcessPublisher = (
         ProcessPublisher(options, kafka) if kafka.publisher_process else Publisher(options, kafka)

@@ -26,6 +26,8 @@ import numpy as np
 
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner_state import export_partition, import_partition
+from daemon.core.state_check import Layout, check_partition_state, layout_of
+from daemon.core.untrusted import UntrustedRecord
 from daemon.persist.checkpoint import Checkpoint
 from daemon.persist.partition_state import PartitionState, unpack_keys
 from daemon.service.metrics import DaemonMetrics
@@ -102,6 +104,7 @@ class PartitionMoves:
         # restored state was built on (set by whoever restores it), so a recreated topic shows.
         self.topic_id: str | None = None
         self.expected_topic_id: str | None = None
+        self._state_layout: Layout | None = None
 
     def on_revoke(self, partitions: set[PartitionKey]) -> None:
         """Make the revoked partitions durable and committed; keep them until the assignment."""
@@ -180,19 +183,44 @@ class PartitionMoves:
         )
 
     def _import(self, partition: int, state: PartitionState) -> bool:
-        """Load a partition's state from the state topic whole, or skip it with a warning."""
+        """Load a partition's state from the state topic whole, or skip it with a warning.
+
+        The state topic is untrusted input (DESIGN §11): the arrays are checked against this
+        learner's layout, the partition and the input partition's offsets first.
+
+        Returns:
+            Whether it was imported; if not, the partition's store (a local one included) is
+            dropped: a newer state exists, so the group's committed offset is where to resume.
+        """
+        try:
+            arrays, meta = unpack_keys(state)
+            check_partition_state(arrays, meta, self._layout(), partition)
+            if not getattr(self._source, "offset_reachable", lambda _p, _o: True)(
+                partition, state.offset
+            ):
+                raise UntrustedRecord(
+                    "offset_out_of_range", f"offset {state.offset} is past the partition's end"
+                )
+        except UntrustedRecord as exc:
+            self._learner.drop_partition(partition)
+            self._metrics.reject_internal("state", exc.reason, f"partition {partition}: {exc}")
+            return False
         self._learner.drop_partition(partition)
         try:
-            import_partition(self._learner, *unpack_keys(state), self._clock())
-        except ValueError as exc:
-            # Written under other settings (a shape, the horizon): never half-loaded.
+            import_partition(self._learner, arrays, meta, self._clock())
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            # What the checks above did not foresee: never half-loaded, never a crash.
             self._learner.drop_partition(partition)
-            log.warning(
-                "partition state skipped",
-                extra={"partition": partition, "offset": state.offset, "reason": str(exc)},
+            self._metrics.reject_internal(
+                "state", "cannot_import", f"partition {partition}: {exc!r}"
             )
             return False
         return True
+
+    def _layout(self) -> Layout:
+        if self._state_layout is None:
+            self._state_layout = layout_of(self._learner)
+        return self._state_layout
 
     def _restore(self, partition: int, state: PartitionState | None) -> None:
         local = self._checkpoint.processed.get(partition)

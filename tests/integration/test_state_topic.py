@@ -95,7 +95,7 @@ def _read_one(options: dict[str, Any], topic: str, caplog) -> tuple[dict, int]:
             got = reader.read([1])
     finally:
         reader.close()
-    skipped = [r for r in caplog.records if r.getMessage() == "damaged partition state skipped"]
+    skipped = [r for r in caplog.records if r.getMessage() == "state record skipped"]
     return got, len(skipped)
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon.core.untrusted import UntrustedRecord
 from daemon.edges.weights_topic import (
     MAX_CLOCK_SKEW_S,
     META_HEADER,
@@ -20,7 +21,6 @@ from daemon.edges.weights_topic import (
     encode_weights,
     template_of,
 )
-from daemon.persist.untrusted import UntrustedRecord
 
 NOW = 1_800_000_000.0
 GOOD = [np.ones((3, 16), np.float32), np.zeros(16, np.float32)]

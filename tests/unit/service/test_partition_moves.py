@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from types import SimpleNamespace
 
 import numpy as np
 from toy_model import ToyModel
@@ -13,6 +12,7 @@ from daemon.core.events import Event
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner_state import export_partition
 from daemon.persist.partition_state import pack_keys
+from daemon.service.metrics import DaemonMetrics
 from daemon.service.partitions import PartitionMoves
 from daemon.settings import ModelSettings, Settings, StreamSettings
 
@@ -65,11 +65,8 @@ class _StateTopic:
         return {p: self.states[p] for p in partitions if p in self.states}
 
 
-def _metrics() -> SimpleNamespace:
-    ignore = SimpleNamespace(set=lambda *_: None, observe=lambda *_: None, inc=lambda *_: None)
-    return SimpleNamespace(
-        owned_partitions=ignore, partition_restore_duration=ignore, topic_changed=ignore
-    )
+def _metrics() -> DaemonMetrics:
+    return DaemonMetrics()
 
 
 def _state_of_horizon_3(offset: int):
@@ -78,11 +75,18 @@ def _state_of_horizon_3(offset: int):
     return dataclasses.replace(pack_keys(*export_partition(other, 0)), offset=offset)
 
 
-def _assign_partition_0(learner: OnlineLearner, checkpoint: _Checkpoint, state) -> _Source:
+def _assign_partition_0(
+    learner: OnlineLearner, checkpoint: _Checkpoint, state, metrics: DaemonMetrics | None = None
+) -> _Source:
     """Assign partition 0, whose state the state topic holds; return the seeks it made."""
     source = _Source()
     moves = PartitionMoves(
-        TOPIC, source, learner, checkpoint, _metrics(), state_topic=_StateTopic({0: state})
+        TOPIC,
+        source,
+        learner,
+        checkpoint,
+        metrics or _metrics(),
+        state_topic=_StateTopic({0: state}),
     )
     moves.on_assign({(TOPIC, 0)})
     return source
@@ -92,10 +96,13 @@ def test_a_state_of_other_settings_is_skipped_and_the_partition_starts_empty(cap
     learner = _learner(horizon=1)
     _feed(learner, 0, ["a", "b", "a"])  # the local snapshot's keys, offset 3
     checkpoint = _Checkpoint({0: 3})
+    metrics = _metrics()
     with caplog.at_level(logging.WARNING):
-        source = _assign_partition_0(learner, checkpoint, _state_of_horizon_3(offset=9))
-    (skipped,) = [r for r in caplog.records if r.getMessage() == "partition state skipped"]
-    assert "model.horizon" in skipped.reason
+        source = _assign_partition_0(learner, checkpoint, _state_of_horizon_3(offset=9), metrics)
+    (skipped,) = [r for r in caplog.records if r.getMessage() == "internal record skipped"]
+    assert skipped.reason == "shape" and "ev_y" in skipped.detail  # 3 horizon steps, not 1
+    labels = {"topic": "state", "reason": "shape"}
+    assert metrics.registry.get_sample_value("lstmd_internal_records_rejected_total", labels) == 1
     # Nothing of the other state, nor of the older local one: the group's committed offset
     # (ahead of the local 3, whose records were answered already) is where it resumes.
     assert len(learner.stores.get(0, ())) == 0 and learner.pending_events() == 0
