@@ -163,7 +163,7 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = kafka.bootstrap_servers or f"127.0.0.1:{kafka.embedded_port}"
     options = client_options(kafka, bootstrap)
     topic = args.topic or kafka.input_topic
-    ensure_topics(options, [topic])
+    ensure_topics(options, [topic], replication_factor=kafka.replication_factor)
     progress = Progress(len(messages), f"produce {args.csv.name}")
     count = produce_values(options, topic, messages, on_progress=progress.update)
     progress.update(count)  # progress calls come every 1000 records; the rest arrive here

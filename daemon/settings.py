@@ -62,6 +62,14 @@ class KafkaSettings(_Section):
     weights_topic: str = Field(
         "lstmd-weights", min_length=1, description="Compacted topic: each replica's weights."
     )
+    # -1 asks the broker for its default.replication.factor (KIP-464, Kafka 2.4+). One replica
+    # would make the state topic, which commits wait on, die with one broker.
+    replication_factor: int = Field(
+        -1,
+        ge=-1,
+        le=32,
+        description="Replication factor of the topics lstmd creates; -1: the broker's default.",
+    )
     client_id: str = Field("lstmd", min_length=1)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # Tansu and small clusters: a short session makes a group join take seconds, not 20+.
@@ -130,6 +138,10 @@ class KafkaSettings(_Section):
             raise ValueError(
                 "kafka.heartbeat_interval_ms: must be below kafka.session_timeout_ms "
                 "(a third of it is usual), or the group evicts a healthy member"
+            )
+        if self.replication_factor == 0:
+            raise ValueError(
+                "kafka.replication_factor: must be -1 (the broker's default) or at least 1"
             )
         if self.dead_letter_max_bytes >= self.max_request_size:
             raise ValueError(
@@ -313,7 +325,9 @@ class SnapshotSettings(_Section):
 class MetricsSettings(_Section):
     """Prometheus endpoint and the metrics topic."""
 
-    host: str = "0.0.0.0"
+    # Loopback unless told: the endpoints carry no authentication. The image and the k8s and
+    # systemd examples set 0.0.0.0 explicitly for their scrapers.
+    host: str = Field("127.0.0.1", description="Bind address of /metrics, /healthz, /readyz.")
     port: int = Field(9464, ge=0, le=65535, description="0 picks a free port.")
     every_steps: int = Field(50, ge=1)
     prequential_window: int = Field(

@@ -65,13 +65,16 @@ def _log_rejected(reason: str, detail: str) -> None:
     log.warning("state record skipped", extra={"reason": reason, "detail": detail})
 
 
-def ensure_state_topic(options: dict[str, Any], topic: str, partitions: int) -> dict[str, str]:
+def ensure_state_topic(
+    options: dict[str, Any], topic: str, partitions: int, replication_factor: int = -1
+) -> dict[str, str]:
     """Create the state topic compacted (if missing) and return its configs as the broker says.
 
     Args:
         options: from `kafka_io.client_options`.
         topic: the state topic (`kafka.state_topic`).
         partitions: as many as the input topic has.
+        replication_factor: -1 takes the broker's default (`kafka.replication_factor`).
 
     Returns:
         The topic's `cleanup.policy` and the other configs the broker reports (empty if it does
@@ -80,7 +83,9 @@ def ensure_state_topic(options: dict[str, Any], topic: str, partitions: int) -> 
     admin = KafkaAdminClient(**options)
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=COMPACT)])
+            admin.create_topics(
+                [NewTopic(topic, partitions, replication_factor, topic_configs=COMPACT)]
+            )
         try:
             described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         except KafkaError as exc:

@@ -22,7 +22,11 @@ METADATA_POLL_INTERVAL_S = 0.1
 
 
 def ensure_topics(
-    options: dict[str, Any], topics: Sequence[str], partitions: int = 1, timeout_s: float = 30
+    options: dict[str, Any],
+    topics: Sequence[str],
+    partitions: int = 1,
+    timeout_s: float = 30,
+    replication_factor: int = -1,
 ) -> None:
     """Create the topics that are missing and wait until metadata shows them with leaders.
 
@@ -31,6 +35,7 @@ def ensure_topics(
         topics: topic names.
         partitions: partition count for topics created here (existing ones are left alone).
         timeout_s: how long to wait for the metadata.
+        replication_factor: for topics created here; -1 takes the broker's default.
 
     Raises:
         TimeoutError: a topic did not appear with a leader for every partition in time.
@@ -42,7 +47,7 @@ def ensure_topics(
         for topic in (t for t in wanted if t not in existing):
             # Another process may win the race to create it; that is what we wanted anyway.
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(topic, partitions, 1)])
+                admin.create_topics([NewTopic(topic, partitions, replication_factor)])
         _wait_for_topics(admin, wanted, timeout_s)
     finally:
         admin.close()

@@ -60,12 +60,12 @@ Template = list[tuple[tuple[int, ...], np.dtype]]
 Rejected = Callable[[str, str], None]
 
 
-def ensure_weights_topic(options: dict[str, Any], topic: str) -> None:
+def ensure_weights_topic(options: dict[str, Any], topic: str, replication_factor: int = -1) -> None:
     """Create the compacted weights topic (one partition: replicas are few) if it is missing."""
     admin = KafkaAdminClient(**options)
     try:
         with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(topic, 1, 1, topic_configs=COMPACT)])
+            admin.create_topics([NewTopic(topic, 1, replication_factor, topic_configs=COMPACT)])
     finally:
         admin.close()
 

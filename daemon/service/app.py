@@ -200,7 +200,7 @@ def _freeze_what_lives_for_good() -> None:
 
 
 def _build(settings: Settings, options: dict, serve_http: bool, lock: DirectoryLock) -> Daemon:
-    ensure_topics(options, topics(settings))
+    ensure_topics(options, topics(settings), replication_factor=settings.kafka.replication_factor)
     # The group join waits seconds at the coordinator: spend them loading TensorFlow.
     source = EventSource(options, settings.kafka)
     source.join_early()
@@ -229,7 +229,12 @@ def _build_while_joining(
     restored = restore_state(settings, checkpointer, metrics)
     health.set_restored(True)
     kafka = settings.kafka
-    ensure_state_topic(options, kafka.state_topic, partition_count(options, kafka.input_topic))
+    ensure_state_topic(
+        options,
+        kafka.state_topic,
+        partition_count(options, kafka.input_topic),
+        kafka.replication_factor,
+    )
     # States belong to a consumer group (two groups reading one topic each keep their own), as
     # Kafka Streams names changelogs after the application id.
     state_topic = StateTopic(
@@ -295,7 +300,7 @@ def _weight_sync(
     if not every_s:
         return None
     kafka = settings.kafka
-    ensure_weights_topic(options, kafka.weights_topic)
+    ensure_weights_topic(options, kafka.weights_topic, kafka.replication_factor)
     # Keyed by group, too: only replicas of this group are averaged.
     name = f"{kafka.group_id}/{replica_id(kafka.group_instance_id)}"
     channel = WeightsTopic(

@@ -332,3 +332,34 @@ def test_close_during_the_early_join_leaves_the_group_to_the_next_member(
         {(m.partition, m.offset) for m in got}
     )
     assert len(got) == 20
+
+
+def test_topics_are_created_with_the_replication_factor_asked_for(kafka_options) -> None:
+    # Tansu keeps one copy whatever it is asked, but reports the replicas it was asked for: the
+    # setting reaches CreateTopics (-1 asks for the broker's default, which is 1 there).
+    from kafka import KafkaAdminClient
+
+    from daemon.edges.state_topic import ensure_state_topic
+    from daemon.edges.weights_topic import ensure_weights_topic
+
+    tag = uuid.uuid4().hex[:8]
+    ensure_topics(kafka_options, [f"rf3-{tag}"], partitions=2, replication_factor=3)
+    ensure_state_topic(kafka_options, f"rf3-state-{tag}", 2, replication_factor=3)
+    ensure_weights_topic(kafka_options, f"rf3-weights-{tag}", replication_factor=3)
+    ensure_topics(kafka_options, [f"rf-default-{tag}"])
+    admin = KafkaAdminClient(**kafka_options)
+    try:
+        described = {
+            d["name"]: {len(p["replica_nodes"]) for p in d["partitions"]}
+            for d in admin.describe_topics(
+                [f"rf3-{tag}", f"rf3-state-{tag}", f"rf3-weights-{tag}", f"rf-default-{tag}"]
+            )
+        }
+    finally:
+        admin.close()
+    assert described == {
+        f"rf3-{tag}": {3},
+        f"rf3-state-{tag}": {3},
+        f"rf3-weights-{tag}": {3},
+        f"rf-default-{tag}": {1},
+    }
