@@ -42,8 +42,8 @@ META_HEADER = "lstmd-weights-meta"
 # is a few KB; a model past this needs chunking like the state topic (not built).
 MAX_WEIGHTS_BYTES = 900_000
 # Both wait on the loop thread, well inside `health.stall_s` (60 s by default).
-PUBLISH_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 10.0
+PUBLISH_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 5.0
 READ_POLL_MS = 100
 COMPACT = {"cleanup.policy": "compact"}
 # What a record may claim (DESIGN §11: the weights topic is untrusted input). A publication

@@ -25,6 +25,9 @@ from daemon.service.metrics import DaemonMetrics
 log = logging.getLogger("lstmd.weights")
 
 Weights = list[Any]
+# After a failed sync (the weights topic unreachable or slow) the next try waits this long at
+# least: each try may hold the loop for the topic's timeouts.
+SYNC_RETRY_S = 30.0
 
 
 class WeightsChannel(Protocol):
@@ -77,7 +80,7 @@ class WeightSync:
         self._every_s = every_s
         self._clock = clock
         self.version = 0  # the averaged version the model holds (0: its own weights only)
-        self._last = clock()
+        self._next = clock() + every_s
 
     def join(self) -> None:
         """At start-up: adopt the live replicas' average, if any replica is live.
@@ -99,9 +102,9 @@ class WeightSync:
 
     def maybe_sync(self) -> None:
         """Publish and average when a period has passed; a broker failure waits a period."""
-        if not self._every_s or self._clock() - self._last < self._every_s:
+        if not self._every_s or self._clock() < self._next:
             return
-        self._last = self._clock()
+        self._next = self._clock() + self._every_s
         weights = self._model.get_weights()
         if not all(np.isfinite(w).all() for w in weights):
             log.warning("weight sync skipped: this replica's weights are not finite")
@@ -110,6 +113,9 @@ class WeightSync:
             published = self.channel.publish(self._learner.trained_events, weights, self.version)
             replicas = self._live(published)
         except (RuntimeError, ValueError, TimeoutError) as exc:
+            # The sync runs on the loop thread: a weights topic that keeps failing (or timing
+            # out) must not take every turn of the loop.
+            self._next = self._clock() + max(self._every_s, SYNC_RETRY_S)
             log.warning("weight sync skipped", extra={"error": str(exc)})
             return
         self._adopt(replicas, "synced")
