@@ -141,6 +141,7 @@ class EventSource:
     ) -> None:
         static = {"group_instance_id": kafka.group_instance_id} if kafka.group_instance_id else {}
         self._options = options
+        self._auto_offset_reset = kafka.auto_offset_reset
         self._consumer = KafkaConsumer(
             **options,
             **RECONNECT_BACKOFF,
@@ -316,6 +317,23 @@ class EventSource:
         tp = TopicPartition(self._topic, partition)
         try:
             return self._consumer.beginning_offsets([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
+        except KafkaError:
+            return None
+
+    def committed_offset(self, partition: int) -> int | None:
+        """Return the group's committed offset of an input partition, or where a partition with
+        none starts (`auto_offset_reset`); None when the broker does not answer."""
+        tp = TopicPartition(self._topic, partition)
+        try:
+            committed = self._consumer.committed(tp)
+            if committed is not None:
+                return int(committed)
+            start = (
+                self._consumer.beginning_offsets
+                if self._auto_offset_reset == "earliest"
+                else self._consumer.end_offsets
+            )
+            return start([tp], timeout_ms=OFFSETS_TIMEOUT_MS).get(tp)
         except KafkaError:
             return None
 

@@ -138,6 +138,9 @@ class Checkpoint:
         # Set by `abandon`: the learner's state is no longer trusted, so nothing is saved or
         # committed again, whoever asks (a revoke fired by closing the consumer, say).
         self.abandoned = False
+        # Owned partitions a roll-back found no state for in the snapshot (restored from the
+        # state topic, or started empty, since it was written): the loop restores them again.
+        self.lost_in_rollback: set[int] = set()
         self.last = clock()
 
     def abandon(self) -> None:
@@ -399,6 +402,10 @@ class Checkpoint:
         for partition in set(self._learner.stores) - owned:
             self._learner.drop_partition(partition)  # moved away since that snapshot
         self.processed = {p: o for p, o in info.offsets.items() if p in owned}
+        self.lost_in_rollback = owned - set(self.processed)
+        for partition in self.lost_in_rollback:
+            self.durable.pop(partition, None)
+            self.committed.pop(partition, None)
         self._written_at(info)
         self._saved_offsets = dict(self.processed)
         for partition, offset in self.processed.items():

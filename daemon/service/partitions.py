@@ -163,6 +163,31 @@ class PartitionMoves:
                 extra={"expected_topic_id": self.expected_topic_id, "topic_id": observed},
             )
 
+    def restore_after_rollback(self, partitions: set[int]) -> None:
+        """Restore partitions a roll-back had no snapshot of, as on a fresh assignment.
+
+        They joined after the snapshot rolled back to (restored from the state topic, or
+        started empty): their stores went with the roll-back, and the consumer is past where
+        their state would resume. The state topic's state wins; with none, the partition
+        starts empty at the group's committed offset. Either way the consumer seeks there.
+        """
+        if not partitions:
+            return
+        fresh = sorted(partitions)
+        found = self._state_topic.read(fresh) if self._state_topic else {}
+        for partition in fresh:
+            self._restore(partition, found.get(partition))
+            offset = self._checkpoint.processed.get(partition)
+            if offset is None:
+                offset = getattr(self._source, "committed_offset", lambda _p: None)(partition)
+            if offset is not None:
+                self._source.seek((self._topic, partition), offset)
+                self.expected_first[partition] = offset
+            log.warning(
+                "partition restored again after a roll-back",
+                extra={"partition": partition, "offset": offset},
+            )
+
     def check_first_offset(self, partition: int, offset: int) -> None:
         """Warn once when a partition resumes elsewhere than the offset its state reflects."""
         expected = self.expected_first.pop(partition)

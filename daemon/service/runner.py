@@ -153,6 +153,8 @@ class Runner:
         # Per poll, after its answers: a scrape that sees them consumed sees their predictions.
         self._metrics.events_consumed.inc(len(messages))
         if self.checkpoint.after_divergence_check():
+            lost, self.checkpoint.lost_in_rollback = self.checkpoint.lost_in_rollback, set()
+            self.moves.restore_after_rollback(lost)
             self.answers.resync()
         connected = self.vitals.connected
         if self._weights is not None and connected:

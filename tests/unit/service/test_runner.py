@@ -147,3 +147,36 @@ def test_a_recreated_shorter_topic_is_reported(tmp_path, caplog):
         h.turns(1)
     [line] = [r for r in caplog.records if r.getMessage().startswith("input offset")]
     assert (line.expected, line.actual) == (50, 0)
+
+
+def test_a_rollback_restores_a_partition_that_arrived_from_the_state_topic_after_the_snapshot(
+    tmp_path,
+):
+    # The snapshot rolled back to holds no partition 0: it arrived later, restored from the
+    # state topic at offset 9. A roll-back must bring it back from there and seek the consumer
+    # to 9; before, its store was dropped and the consumer went on past everything after 9.
+    import dataclasses
+
+    from fakes import FakeStateTopic
+
+    from daemon.core.learner_state import export_partition
+    from daemon.persist.partition_state import pack_keys
+
+    donor = Harness(tmp_path / "donor", _values(3))
+    donor.turns(2)
+    state = dataclasses.replace(pack_keys(*export_partition(donor.learner, 0)), offset=9)
+    topic = FakeStateTopic()
+    topic.states[0] = state
+    h = Harness(tmp_path, _values(12), state_topic=topic, every_steps=1000)
+    h.checkpointer.save({})  # the last good snapshot: from before partition 0 was assigned
+    h.runner.moves.on_assign({(TOPIC, 0)})
+    assert h.source.seeks[-1] == ((TOPIC, 0), 9) and len(h.learner.stores[0]) == 3
+    h.turns(2)  # consumes past offset 9
+    assert h.source.position > 9
+    h.learner.consecutive_nonfinite = h.settings.model.max_nonfinite_steps
+    h.source.batch = 0  # a poll that trains nothing, so the divergence stands
+    h.runner._poll_once()  # the divergence check rolls back
+    assert h.metric("lstmd_rollbacks_total") == 1
+    assert h.source.seeks[1:] == [((TOPIC, 0), 9)] and h.source.position == 9
+    assert h.runner.checkpoint.processed.get(0, 9) >= 9
+    assert sorted(h.learner.stores[0].row_of) == sorted(donor.learner.stores[0].row_of)
