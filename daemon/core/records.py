@@ -69,6 +69,8 @@ def encode_metrics(fields: dict[str, Any]) -> bytes:
             return None
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
         return value
 
     return json.dumps(clean(fields), separators=(",", ":")).encode()

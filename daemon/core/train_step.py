@@ -61,6 +61,10 @@ class StepModel(InferModel, Protocol):
     ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 
 
+# The untrained events' offsets kept for the divergence log line.
+NONFINITE_OFFSETS_KEPT = 1000
+
+
 class TrainStepFailed(RuntimeError):
     """A train step raised after it may have changed the model or keys' states."""
 
@@ -201,6 +205,9 @@ class Trainer:
             for store, _, segment in batch.members
             for e in segment
         ]
+        # Only logged (by the skip after a roll-back): the newest are enough, and a model that
+        # keeps diverging must not grow this list for ever.
+        del self.nonfinite_offsets[:-NONFINITE_OFFSETS_KEPT]
         return False
 
     def _answer_and_score(

@@ -26,6 +26,9 @@ FORMAT_VERSION = 2  # 2: one key-state store per input partition (was: a slot ta
 MANIFEST = "manifest.json"
 _PREFIX = "snap-"
 _TMP_PREFIX = ".tmp-"
+# A snapshot holds every stream key and its state: readable by the daemon's user only.
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
 
 # Writes a file at the path it is given.
 FileWriter = Callable[[Path], None]
@@ -84,6 +87,9 @@ class SnapshotStore:
         self.keep = keep
         # Crash tests pause here so that a kill lands while a snapshot is being written.
         self._pause_s = pause_before_rename_s
+        # Snapshots this store wrote or verified: pruning does not hash them again on every
+        # write (it ran on the loop thread and read every kept snapshot whole).
+        self._verified: set[str] = set()
 
     def write(
         self,
@@ -100,16 +106,17 @@ class SnapshotStore:
             model_shape: the settings a loader must match (compared on load).
             writers: file name → function writing that file at the given path.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         created = time.time()
         snapshot_id = f"{_PREFIX}{step:012d}-{int(created * 1000):013d}"
         tmp = self.directory / f"{_TMP_PREFIX}{snapshot_id}"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(mode=_DIR_MODE)
         files: dict[str, dict[str, Any]] = {}
         for name, writer in writers.items():
             path = tmp / name
             writer(path)
+            os.chmod(path, _FILE_MODE)
             _fsync_path(path)
             files[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
         manifest = {
@@ -123,6 +130,7 @@ class SnapshotStore:
         }
         manifest_path = tmp / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        os.chmod(manifest_path, _FILE_MODE)
         _fsync_path(manifest_path)
         _fsync_path(tmp)
         if self._pause_s:
@@ -130,6 +138,7 @@ class SnapshotStore:
         final = self.directory / snapshot_id
         os.rename(tmp, final)
         _fsync_path(self.directory)
+        self._verified.add(snapshot_id)
         self._prune()
         size = sum(f["bytes"] for f in files.values())
         return SnapshotInfo(
@@ -141,12 +150,17 @@ class SnapshotStore:
         for leftover in self.directory.glob(f"{_TMP_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
         snapshots = self._directories()
-        valid = [path for path in snapshots if self.inspect(path).valid]
+        valid = [path for path in snapshots if self._known_valid(path)]
         keep = set(valid[-self.keep :])
         for path in snapshots:
             # Damaged ones go too, but never while they are newer than the newest good one.
             if path not in keep and (not keep or path.name < max(p.name for p in keep)):
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _known_valid(self, path: Path) -> bool:
+        if path.name not in self._verified and self.inspect(path).valid:
+            self._verified.add(path.name)
+        return path.name in self._verified
 
     def _directories(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -184,6 +198,8 @@ class SnapshotStore:
         if manifest.get("format_version") != FORMAT_VERSION:
             return f"format version {manifest.get('format_version')!r} is not {FORMAT_VERSION}"
         for name, meta in manifest["files"].items():
+            if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+                return f"file name {name!r} is not a plain name inside the snapshot"
             file = path / name
             if not file.is_file():
                 return f"{name} is missing"

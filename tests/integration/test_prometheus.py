@@ -244,14 +244,17 @@ def test_every_dashboard_query_runs_on_prometheus(scraped_run):
     prometheus = scraped_run["prometheus"]
     dashboard = json.loads((DEPLOY / "grafana" / "lstmd-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    answered = 0
+    empty = []
     for expr in exprs:
         # Grafana's variables, as Grafana would fill them in for "All" and a short range.
         query = (
             expr.replace("$__rate_interval", "30s").replace("$job", ".*").replace("$instance", ".*")
         )
-        answered += bool(prometheus.query(query))  # fails on any expression Prometheus rejects
-    assert answered >= len(exprs) // 2, "most panels should show data after a run"
+        if not prometheus.query(query):  # fails on any expression Prometheus rejects
+            empty.append(expr)
+    # The run syncs no weights (one replica): that panel alone has no series to show.
+    assert [e for e in empty if "weight_sync" not in e] == [], f"{len(empty)} of {len(exprs)} empty"
+    assert len(empty) <= 1
 
 
 def test_alert_rules_load_and_evaluate_on_real_series(scraped_run):

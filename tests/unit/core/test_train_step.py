@@ -101,3 +101,36 @@ def test_a_model_error_stops_the_step_without_counting_it():
     with pytest.raises(TrainStepFailed, match="ValueError: shape mismatch"):
         learner.train()
     assert learner.step == 0 and learner.trained_events == 0 and learner.untrained == 0
+
+
+def test_the_offsets_of_untrained_events_are_bounded_however_long_a_model_diverges(
+    monkeypatch,
+):
+    from daemon.core import train_step
+
+    monkeypatch.setattr(train_step, "NONFINITE_OFFSETS_KEPT", 5)
+    learner, model = _learner()
+    _ingest(learner, range(4))
+    model.diverge = True
+    for day in range(4, 40, 2):
+        _ingest(learner, range(day, day + 2))
+        learner.train()
+    assert learner.nonfinite_losses > 3 and len(learner.nonfinite_offsets) == 5
+
+
+def test_a_metrics_message_is_strict_json_even_with_nan_inside_lists():
+    import json
+
+    from daemon.core.records import encode_metrics
+
+    def refuse(constant: str) -> float:
+        raise ValueError(f"{constant} is not JSON")
+
+    value = encode_metrics(
+        {"loss": float("nan"), "steps": [1.0, float("inf")], "x": {"y": [math.nan]}}
+    )
+    assert json.loads(value, parse_constant=refuse) == {
+        "loss": None,
+        "steps": [1.0, None],
+        "x": {"y": [None]},
+    }

@@ -52,9 +52,19 @@ def test_unwritable_snapshot_directory_keeps_running_backs_off_and_recovers(tmp_
 def test_consecutive_nonfinite_steps_roll_back_to_the_last_good_snapshot(tmp_path, caplog):
     h = Harness(tmp_path, _values(8))
     h.turns(4)
+    assert h.runner.checkpoint.save("steps")
     good = h.store.list()[-1]
-    weights = h.model.get_weights()
+    weights = h.model.get_weights()  # what `good` holds
     train_step = h.model.train_step
+    rolled_back_to: list = []
+    rollback = h.checkpointer.rollback
+
+    def spy():
+        info = rollback()
+        rolled_back_to.append(h.model.get_weights())
+        return info
+
+    h.checkpointer.rollback = spy
 
     def diverged(*args):
         _, predictions, states = train_step(*args)
@@ -75,7 +85,9 @@ def test_consecutive_nonfinite_steps_roll_back_to_the_last_good_snapshot(tmp_pat
     h.turns(6)
     assert h.source.drained and h.learner.consecutive_nonfinite == 0
     assert all(np.isfinite(w).all() for w in h.model.get_weights())
-    assert len(weights) == len(h.model.get_weights())
+    assert rolled_back_to, "no roll-back happened"
+    for restored, saved in zip(rolled_back_to[0], weights, strict=True):
+        np.testing.assert_array_equal(restored, saved)
 
 
 def test_a_failed_commit_is_retried_when_idle_even_with_nothing_new(tmp_path, caplog):

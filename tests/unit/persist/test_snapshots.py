@@ -104,7 +104,7 @@ def test_nothing_valid_returns_none_with_reasons(tmp_path):
     _corrupt_missing(_write(store, 1).path)
     info, skipped = store.newest_valid(SHAPE)
     assert info is None and len(skipped) == 1
-    assert store.newest_valid(SHAPE) is not None
+    assert store.newest_valid(SHAPE)[0] is None  # asked again: still nothing, still no crash
     assert SnapshotStore(tmp_path / "empty", keep=1).newest_valid(SHAPE) == (None, [])
 
 
@@ -137,3 +137,36 @@ def test_other_model_shape_is_refused_naming_the_setting(tmp_path):
     with pytest.raises(ShapeMismatch, match=r"model.units=8 \(settings say 16\)"):
         store.newest_valid({"units": 16, "target_index": (0,)})
     assert shape_mismatch({"target_index": [0]}, {"target_index": (0,)}) == ""
+
+
+def test_snapshots_are_private_to_the_daemons_user(tmp_path):
+    info = _write(SnapshotStore(tmp_path / "snaps", keep=3), 1)
+    assert (info.path.stat().st_mode & 0o777) == 0o700
+    assert {f.stat().st_mode & 0o777 for f in info.path.iterdir()} == {0o600}
+
+
+def test_a_manifest_naming_a_file_outside_its_snapshot_is_refused(tmp_path):
+    import json
+
+    store = SnapshotStore(tmp_path, keep=3)
+    info = _write(store, 1)
+    outside = tmp_path / "elsewhere.npz"
+    outside.write_bytes(b"x")
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    manifest["files"] = {str(outside): {"sha256": "0" * 64, "bytes": 1}}
+    (info.path / "manifest.json").write_text(json.dumps(manifest))
+    checked = store.inspect(info.path)
+    assert not checked.valid and "not a plain name" in checked.problem
+
+
+def test_writing_a_snapshot_does_not_hash_the_kept_ones_again(tmp_path, monkeypatch):
+    from daemon.persist import snapshots
+
+    store = SnapshotStore(tmp_path, keep=3)
+    for step in range(3):
+        _write(store, step)
+    hashed: list = []
+    real = snapshots._sha256
+    monkeypatch.setattr(snapshots, "_sha256", lambda path: hashed.append(path) or real(path))
+    newest = _write(store, 3)
+    assert {p.parent for p in hashed} <= {tmp_path / f".tmp-{newest.snapshot_id}"}
