@@ -226,6 +226,63 @@ def _build_while_joining(
     metrics = DaemonMetrics()
     metrics.set_model_info(settings.model)
     health = Health(settings.health.stall_s, time.monotonic())
+    # First of what holds resources: a port in use stops start-up before any client or child
+    # process exists (before, it leaked the publishing process and left with a traceback).
+    endpoints = _serve_endpoints(settings, metrics, health) if serve_http else None
+    opened: list[Any] = [] if endpoints is None else [endpoints]
+    try:
+        return _build_clients(
+            settings,
+            options,
+            lock,
+            source,
+            model,
+            learner,
+            checkpointer,
+            metrics,
+            health,
+            endpoints,
+            opened,
+        )
+    except BaseException:
+        for resource in reversed(opened):
+            with contextlib.suppress(Exception):
+                resource.close()
+        raise
+
+
+def _serve_endpoints(settings: Settings, metrics: DaemonMetrics, health: Health) -> EndpointServer:
+    try:
+        endpoints = EndpointServer(
+            settings.metrics.host,
+            settings.metrics.port,
+            metrics.registry,
+            health=lambda: health.liveness(time.monotonic()),
+            ready=health.readiness,
+        )
+    except OSError as exc:
+        raise StartupError(
+            f"invalid setting metrics.port: cannot serve on "
+            f"{settings.metrics.host}:{settings.metrics.port}: {exc.strerror or exc}"
+        ) from None
+    log.info("http endpoints serving", extra={"port": endpoints.port})
+    return endpoints
+
+
+def _build_clients(
+    settings: Settings,
+    options: dict,
+    lock: DirectoryLock,
+    source: EventSource,
+    model: Any,
+    learner: OnlineLearner,
+    checkpointer: Checkpointer,
+    metrics: DaemonMetrics,
+    health: Health,
+    endpoints: EndpointServer | None,
+    opened: list[Any],
+) -> Daemon:
+    """Restore, then make the Kafka clients and the runner; `opened` collects what to close."""
     restored = restore_state(settings, checkpointer, metrics)
     health.set_restored(True)
     kafka = settings.kafka
@@ -243,10 +300,14 @@ def _build_while_joining(
         f"{kafka.group_id}/{kafka.input_topic}",
         rejected=functools.partial(metrics.reject_internal, "state"),
     )
+    opened.append(state_topic)
     weights = _weight_sync(settings, options, model, learner, metrics, checkpointer)
+    if weights is not None:
+        opened.append(weights.channel)
     publisher: Publisher | ProcessPublisher = (
         ProcessPublisher(options, kafka) if kafka.publisher_process else Publisher(options, kafka)
     )
+    opened.append(publisher)
     runner = Runner(
         settings,
         source,
@@ -264,16 +325,6 @@ def _build_while_joining(
         on_revoke=runner.moves.on_revoke,
         on_lost=runner.moves.on_lost,
     )
-    endpoints = None
-    if serve_http:
-        endpoints = EndpointServer(
-            settings.metrics.host,
-            settings.metrics.port,
-            metrics.registry,
-            health=lambda: health.liveness(time.monotonic()),
-            ready=health.readiness,
-        )
-        log.info("http endpoints serving", extra={"port": endpoints.port})
     # The runner closes the publisher as it leaves; a daemon never run must not leak it (its
     # child process, when `kafka.publisher_process`).
     channels = (publisher, state_topic) + (() if weights is None else (weights.channel,))

@@ -4,6 +4,7 @@ what it counts, and what happens when either side of its pipe dies."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -129,4 +130,33 @@ def test_a_daemon_whose_publishing_process_died_stops_without_snapshot_or_commit
     finally:
         daemon.close()
     assert committed_offsets(options, settings.kafka.group_id, settings.kafka.input_topic) == {}
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE_NAME]  # no snapshot written
+
+
+def test_a_metrics_port_in_use_stops_start_up_in_one_line_and_leaves_no_child(
+    broker, tmp_path
+) -> None:
+    import socket
+    import subprocess as sp
+
+    from daemon.service.app import StartupError
+    from daemon.settings import MetricsSettings
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        settings = daemon_settings(
+            broker.bootstrap, tmp_path, metrics=MetricsSettings(host="127.0.0.1", port=port)
+        )
+        options = client_options(settings.kafka, broker.bootstrap)
+        with pytest.raises(StartupError, match=rf"^invalid setting metrics.port: .*:{port}: "):
+            build_daemon(settings, options)
+    finally:
+        taken.close()
+    children = sp.run(
+        ["ps", "-o", "args=", "--ppid", str(os.getpid())], capture_output=True, text=True
+    ).stdout
+    assert "publisher_process" not in children
     assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE_NAME]  # no snapshot written
