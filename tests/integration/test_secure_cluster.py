@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import daemon_settings
-from tls_proxy import HOST, TlsProxy, make_ca_and_certs
+from tls_proxy import HOST, SaslTlsProxy, ScramUser, TlsProxy, make_ca_and_certs
 
 from daemon.edges.embedded import EmbeddedBroker
 from daemon.edges.kafka_io import (
@@ -122,3 +122,129 @@ def test_every_client_of_the_daemon_works_over_mutual_tls(secure_broker, tmp_pat
         reader.close()
     assert {p: s.offset for p, s in stored.items()} == committed
     assert synced is not None  # published to and read from the weights topic at least once
+
+
+# ---- SASL_SSL: SCRAM over TLS, answered by the proxy (see tls_proxy.py) -----------------------
+
+USER, PASSWORD = "lstmd-test", "s3cret-never-logged"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    certs = make_ca_and_certs(tmp_path_factory.mktemp("sasl-tls"))
+    proxy = SaslTlsProxy(("127.0.0.1", 1), certs["server.pem"], ScramUser(USER, PASSWORD))
+    broker = EmbeddedBroker(advertised_url=f"tcp://{HOST}:{proxy.port}")
+    broker.start()
+    proxy.retarget((HOST, broker.port))
+    try:
+        yield {"bootstrap": f"{HOST}:{proxy.port}", "certs": certs, "proxy": proxy}
+    finally:
+        proxy.close()
+        broker.stop()
+
+
+def _systemd_env() -> dict[str, str]:
+    lines = (DEPLOY / "systemd" / "lstmd.env.example").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _k8s_env() -> dict[str, str]:
+    import yaml
+
+    env: dict[str, str] = {}
+    for name in ("configmap.yaml", "secret.yaml"):
+        document = yaml.safe_load((DEPLOY / "k8s" / name).read_text())
+        env |= {k: str(v) for k, v in (document.get("data") or document.get("stringData")).items()}
+    return env
+
+
+def _shipped(
+    env: dict[str, str], bootstrap: str, certs: dict[str, Path], tmp_path: Path
+) -> Settings:
+    """The shipped settings, with what a deployment fills in: brokers, CA, credentials, paths."""
+    import uuid
+
+    from daemon.settings import MetricsSettings
+
+    tag = uuid.uuid4().hex[:8]
+    values = {k: v for k, v in env.items() if k.startswith("LSTMD_")}
+    values |= {
+        "LSTMD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "LSTMD_KAFKA__SSL_CAFILE": str(certs["ca.crt"]),
+        "LSTMD_KAFKA__SASL_USERNAME": USER,
+        "LSTMD_KAFKA__SASL_PASSWORD": PASSWORD,
+        "LSTMD_SNAPSHOT__DIRECTORY": str(tmp_path),
+    }
+    for name in ("INPUT", "PREDICTIONS", "DEAD_LETTER", "METRICS", "STATE", "WEIGHTS"):
+        key = f"LSTMD_KAFKA__{name}_TOPIC"
+        values[key] = f"{values.get(key, name.lower())}-{tag}"
+    values["LSTMD_KAFKA__GROUP_ID"] = f"{values.get('LSTMD_KAFKA__GROUP_ID', 'lstmd')}-{tag}"
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(__import__("os").environ):
+            if key.startswith("LSTMD_"):
+                patch.delenv(key)
+        for key, value in values.items():
+            patch.setenv(key, value)
+        from daemon.settings import load_settings
+
+        settings = load_settings()
+    metrics = MetricsSettings(host="127.0.0.1", port=0)
+    return settings.model_copy(update={"metrics": metrics})
+
+
+@pytest.mark.parametrize("shipped", ["systemd", "k8s"])
+def test_the_shipped_sasl_ssl_settings_start_and_answer_events(
+    sasl_broker, tmp_path, shipped, caplog
+) -> None:
+    env = _systemd_env() if shipped == "systemd" else _k8s_env()
+    settings = _shipped(env, sasl_broker["bootstrap"], sasl_broker["certs"], tmp_path)
+    kafka = settings.kafka
+    assert kafka.security_protocol == "SASL_SSL" and kafka.sasl_mechanism == "SCRAM-SHA-512"
+    assert kafka.publisher_process  # the child had crash-looped on exactly these settings
+    options = client_options(kafka, sasl_broker["bootstrap"])
+    n = settings.model.n_features
+    events = [
+        (k.encode(), json.dumps({"key": k, "ts": 1.7e9 + 60 * d, "features": [d % 3] * n}).encode())
+        for d in range(20)
+        for k in KEYS
+    ]
+    ensure_topics(options, [kafka.input_topic], partitions=PARTITIONS)
+    produce_values(options, kafka.input_topic, events)
+    logins_before = len(sasl_broker["proxy"].logins)
+    daemon = build_daemon(settings, options)
+    try:
+        daemon.runner.run(until=lambda r: r.predictions_sent >= len(events))
+    finally:
+        daemon.close()
+    answered = {
+        (p["source_partition"], p["source_offset"])
+        for p in (json.loads(r.value) for r in read_all(options, kafka.predictions_topic))
+    }
+    assert len(answered) == len(events)
+    committed = committed_offsets(options, kafka.group_id, kafka.input_topic)
+    assert sum(committed.values()) == len(events)
+    logins = sasl_broker["proxy"].logins[logins_before:]
+    assert logins and all(login == (USER, "SCRAM-SHA-512", True) for login in logins)
+    assert PASSWORD not in caplog.text
+
+
+def test_a_wrong_password_is_refused_by_the_scram_exchange(sasl_broker) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    certs = sasl_broker["certs"]
+    wrong = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username=USER,
+        sasl_password="wrong",
+        ssl_cafile=str(certs["ca.crt"]),
+    )
+    before = len(sasl_broker["proxy"].logins)
+    with pytest.raises(KafkaError):
+        KafkaAdminClient(
+            **client_options(wrong, sasl_broker["bootstrap"]), request_timeout_ms=3000
+        ).list_topics()
+    assert (USER, "SCRAM-SHA-256", False) in sasl_broker["proxy"].logins[before:]
