@@ -35,6 +35,9 @@ PartitionCallback = Callable[[set[PartitionKey]], None]
 # Offset look-ups (lag, retention checks) run on the loop's thread: during a network cut
 # kafka-python would wait out its whole request timeout (30 s), holding the loop and /readyz.
 OFFSETS_TIMEOUT_MS = 1000
+# A commit waits at most this long (kafka-python's default waits without end): a commit during
+# a network cut must not hold the loop past `health.stall_s`; a failed one is retried.
+COMMIT_TIMEOUT_MS = 10_000
 # How often the IO loop checks whether a rebalance callback's worker thread is done. Short
 # against a join's seconds; the loop serves heartbeats and commits in between.
 REBALANCE_CALLBACK_POLL_S = 0.01
@@ -267,7 +270,8 @@ class EventSource:
             {
                 TopicPartition(topic, partition): OffsetAndMetadata(offset, "", -1)
                 for (topic, partition), offset in mine.items()
-            }
+            },
+            timeout_ms=COMMIT_TIMEOUT_MS,
         )
         return set(mine)
 
