@@ -39,6 +39,11 @@ KEYS = [f"k{i}" for i in range(6)]
 def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     certs = make_ca_and_certs(tmp_path_factory.mktemp("tls"))
     proxy = TlsProxy(("127.0.0.1", 1), certs["server.pem"], client_ca=certs["ca.crt"])
+    yield from _broker_behind(proxy, certs)
+
+
+def _broker_behind(proxy: TlsProxy, certs: dict[str, Path]) -> Iterator[dict[str, Any]]:
+    """Start a broker that tells clients to connect to `proxy`, and point the proxy at it."""
     broker = EmbeddedBroker(advertised_url=f"tcp://{HOST}:{proxy.port}")
     broker.start()
     proxy.retarget((HOST, broker.port))
@@ -134,14 +139,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     certs = make_ca_and_certs(tmp_path_factory.mktemp("sasl-tls"))
     proxy = SaslTlsProxy(("127.0.0.1", 1), certs["server.pem"], ScramUser(USER, PASSWORD))
-    broker = EmbeddedBroker(advertised_url=f"tcp://{HOST}:{proxy.port}")
-    broker.start()
-    proxy.retarget((HOST, broker.port))
-    try:
-        yield {"bootstrap": f"{HOST}:{proxy.port}", "certs": certs, "proxy": proxy}
-    finally:
-        proxy.close()
-        broker.stop()
+    yield from _broker_behind(proxy, certs)
 
 
 def _systemd_env() -> dict[str, str]:

@@ -9,12 +9,13 @@ it also demands and verifies a client certificate (mutual TLS).
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import subprocess
 import threading
 from pathlib import Path
+
+from tcp_proxy import _close
 
 HOST = "127.0.0.1"
 CHUNK_BYTES = 65536
@@ -102,13 +103,6 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
     finally:
         _close(source)
         _close(sink)
-
-
-def _close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
 
 
 # ---- SASL/SCRAM in front of the broker -----------------------------------------------------
