@@ -363,3 +363,20 @@ def test_topics_are_created_with_the_replication_factor_asked_for(kafka_options)
         f"rf3-weights-{tag}": {3},
         f"rf-default-{tag}": {1},
     }
+
+
+def test_an_offset_past_the_partitions_end_is_unreachable_one_inside_its_last_batch_is_not(
+    kafka_options, topic_factory
+) -> None:
+    # Tansu's end offset may stop at the last batch's first record + 1: an offset inside that
+    # batch must still count as reached (a restored state's legitimate offset), 10**12 not.
+    topic = topic_factory("reach", partitions=1)
+    produce_values(kafka_options, topic, [(b"k", b"v%d" % i) for i in range(10)])
+    settings = KafkaSettings(input_topic=topic, group_id=f"g-{uuid.uuid4().hex[:8]}")
+    source = EventSource(kafka_options, settings)
+    try:
+        assert [source.offset_reachable(0, o) for o in (0, 5, 9, 10)] == [True] * 4
+        assert not source.offset_reachable(0, 11)
+        assert not source.offset_reachable(0, 10**12)
+    finally:
+        source.close()

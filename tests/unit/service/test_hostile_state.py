@@ -211,3 +211,22 @@ def test_arbitrary_state_records_are_skipped_or_read_never_raised(records) -> No
     states, _ = _read(records, {0, 1})
     for state in states.values():
         assert state.offset >= 0 and isinstance(state.arrays, dict)
+
+
+def test_a_state_whose_offset_the_input_partition_never_reached_is_skipped() -> None:
+    from test_partition_moves import _Source, _StateTopic
+
+    from daemon.service.partitions import PartitionMoves
+
+    class _ShortPartition(_Source):
+        def offset_reachable(self, partition: int, offset: int) -> bool:
+            return offset <= 100
+
+    learner, metrics, checkpoint = _learner(horizon=1), DaemonMetrics(), _Checkpoint({})
+    source = _ShortPartition()
+    far = dataclasses.replace(GOOD, offset=10**12)
+    moves = PartitionMoves(TOPIC, source, learner, checkpoint, metrics, _StateTopic({0: far}))
+    moves.on_assign({(TOPIC, 0)})
+    assert source.seeks == {} and len(learner.stores.get(0, ())) == 0
+    labels = {"topic": "state", "reason": "offset_out_of_range"}
+    assert metrics.registry.get_sample_value("lstmd_internal_records_rejected_total", labels) == 1
