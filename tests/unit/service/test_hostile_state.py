@@ -214,7 +214,7 @@ def test_arbitrary_state_records_are_skipped_or_read_never_raised(records) -> No
 
 
 def test_a_state_whose_offset_the_input_partition_never_reached_is_skipped() -> None:
-    from test_partition_moves import _Source, _StateTopic
+    from test_partition_moves import TOPIC, _Source, _StateTopic
 
     from daemon.service.partitions import PartitionMoves
 
