@@ -126,18 +126,22 @@ class OnlineLearner:
         self._deferred.settle()
         return self._store_for(partition)
 
+    def new_store(self, partition: int) -> KeyStateStore:
+        """Return an empty store of this learner's shape, not held by the learner."""
+        return KeyStateStore(
+            partition,
+            self._layers,
+            self._units,
+            self.n_inputs,
+            self.n_targets,
+            derived=self.new_derived(),
+            horizon=self.horizon,
+        )
+
     def _store_for(self, partition: int) -> KeyStateStore:
         store = self._stores.get(partition)
         if store is None:
-            store = KeyStateStore(
-                partition,
-                self._layers,
-                self._units,
-                self.n_inputs,
-                self.n_targets,
-                derived=self.new_derived(),
-                horizon=self.horizon,
-            )
+            store = self.new_store(partition)
             self._stores[partition] = store
         return store
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from daemon.core.learner import OnlineLearner
 from daemon.core.learner_state import export_store
-from daemon.core.store import KeyStateStore
 from daemon.core.untrusted import UntrustedRecord
 
-# name -> (dtype, shape after the leading row or event dimension)
-Layout = dict[str, tuple[np.dtype, tuple[int, ...]]]
+# name -> (dtype, shape after the leading row or event dimension, whether it has one per key)
+# Arrays of a whole partition (not per key, not per event) keep their full shape.
+Layout = dict[str, tuple[np.dtype, tuple[int, ...], bool]]
 
 # Columns a forward pass reads as they are: a NaN there would reach every later prediction of
 # its key. NaN is a legitimate "unknown" in the other float columns (a target not seen yet).
@@ -28,19 +28,21 @@ _COUNT_SUFFIX = "_count"
 
 
 def layout_of(learner: OnlineLearner) -> Layout:
-    """Return the arrays (dtype, trailing shape) a partition state of this learner holds."""
-    layers, _, _, units = learner.state_shape
-    empty = KeyStateStore(
-        0,
-        layers,
-        units,
-        learner.n_inputs,
-        learner.n_targets,
-        derived=learner.new_derived(),
-        horizon=learner.horizon,
-    )
-    arrays, _ = export_store(empty, {"ready": {}, "full": {}})
-    return {name: (array.dtype, array.shape[1:]) for name, array in arrays.items()}
+    """Return the arrays a partition state of this learner holds: (dtype, shape, per key).
+
+    Two probes, with no key and with one: an array that grows with them has a row per key.
+    """
+    empty = learner.new_store(0)
+    one = learner.new_store(0)
+    one.add_all(["probe"])
+    no_keys, _ = export_store(empty, {"ready": {}, "full": {}})
+    a_key, _ = export_store(one, {"ready": {}, "full": {}})
+    layout: Layout = {}
+    for name, array in a_key.items():
+        per_key = not name.startswith("ev_") and no_keys[name].shape != array.shape
+        shape = array.shape[1:] if per_key or name.startswith("ev_") else array.shape
+        layout[name] = (array.dtype, shape, per_key)
+    return layout
 
 
 def check_partition_state(
@@ -65,13 +67,16 @@ def check_partition_state(
         missing, extra = sorted(set(layout) - set(arrays)), sorted(set(arrays) - set(layout))
         raise UntrustedRecord("shape", f"arrays missing {missing[:3]}, unknown {extra[:3]}")
     n_events = len(arrays["ev_key"]) if arrays["ev_key"].ndim == 1 else -1
-    for name, (dtype, trailing) in layout.items():
-        rows = n_events if name.startswith("ev_") else len(keys)
+    for name, (dtype, shape, per_key) in layout.items():
         array = arrays[name]
-        if array.dtype != dtype or array.shape != (rows, *trailing):
+        if name.startswith("ev_"):
+            expected = (n_events, *shape)
+        else:
+            expected = (len(keys), *shape) if per_key else shape
+        if array.dtype != dtype or array.shape != expected:
             raise UntrustedRecord(
                 "shape",
-                f"{name} is {array.dtype}{list(array.shape)}, expected {dtype}{[rows, *trailing]}",
+                f"{name} is {array.dtype}{list(array.shape)}, expected {dtype}{list(expected)}",
             )
         _check_values(name, array)
     _check_references(arrays, len(keys))
