@@ -286,6 +286,32 @@ class StreamSettings(_Section):
         return None if self.seasons == "auto" else tuple(self.seasons)
 
 
+class IntervalSettings(_Section):
+    """Prediction intervals, calibrated online per key (daemon/core/intervals.py)."""
+
+    levels: tuple[float, ...] = Field(
+        (0.8, 0.95),
+        description="Interval levels every prediction carries, e.g. [0.8, 0.95]; [] disables.",
+    )
+    # See docs/forecasts.md: 0.05 per residual, in units of the key's step spread, held
+    # coverage within 2 points of nominal on the six evaluation sets.
+    rate: float = Field(
+        0.05, gt=0, le=1, description="Step of a key's quantile trackers per scored residual."
+    )
+    warmup: int = Field(
+        20, ge=0, description="Scored values after which a key's own trackers weigh half."
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_inside(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < level < 1 for level in value):
+            raise ValueError(f"levels must lie strictly between 0 and 1, got {list(value)}")
+        if len(set(value)) != len(value) or len(value) > 8:
+            raise ValueError(f"levels must be distinct, at most 8, got {list(value)}")
+        return tuple(sorted(value))
+
+
 class SnapshotSettings(_Section):
     """Where and how often weights, states and offsets are saved together."""
 
@@ -347,6 +373,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     model: ModelSettings = ModelSettings()
     stream: StreamSettings = StreamSettings()
+    intervals: IntervalSettings = IntervalSettings()
     snapshot: SnapshotSettings = SnapshotSettings()
     metrics: MetricsSettings = MetricsSettings()
     health: HealthSettings = HealthSettings()

@@ -31,9 +31,10 @@ from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
 from daemon.core.forecasts import Forecaster, KeyRef
+from daemon.core.intervals import IntervalCalibrator
 from daemon.core.outbox import Outbox
 from daemon.core.pending import ANSWERED, FORECAST_MODE, HAS_NAIVE, HAS_Y, NO_EVENT, STARTS_SEQUENCE
-from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
@@ -75,6 +76,7 @@ class OnlineLearner:
     trained_events = _OfTrainer[int]()  # timesteps trained on: each accepted event at most once
     prequential = _OfTrainer[Prequential]()  # since start: the demo's, the report's
     rolling = _OfTrainer[RollingPrequential]()
+    interval_scores = _OfTrainer[IntervalScores]()  # coverage and interval score per level
     nonfinite_losses = _OfTrainer[int]()
     consecutive_nonfinite = _OfTrainer[int]()
     nonfinite_offsets = _OfTrainer[list[tuple[int, int]]]()  # the runner logs and clears it
@@ -137,6 +139,7 @@ class OnlineLearner:
                 self.n_targets,
                 derived=self.new_derived(),
                 horizon=self.horizon,
+                intervals=self.new_intervals(),
             )
             self._stores[partition] = store
         return store
@@ -144,6 +147,13 @@ class OnlineLearner:
     def new_derived(self) -> DerivedFeatures | None:
         """Return empty derived-feature columns for a new store (None when none are derived)."""
         return derived_for(self._settings, 0)
+
+    def new_intervals(self) -> IntervalCalibrator | None:
+        """Return empty interval trackers for a new store (None when no levels are set)."""
+        config = self._settings.intervals
+        if not config.levels:
+            return None
+        return IntervalCalibrator(config.levels, self.target_width, config.rate, config.warmup)
 
     def keys_in_store(self) -> int:
         """Return how many keys all stores hold."""
