@@ -70,10 +70,20 @@ def key_positions(keys: list[str]) -> dict[str, np.ndarray]:
     return {key: np.asarray(indices, np.int64) for key, indices in out.items()}
 
 
-def naive_fill(forecasts: np.ndarray, stream: Stream) -> None:
-    """Give every event still without a forecast its own value (the naive forecast)."""
-    missing = np.isnan(forecasts[:, 0])
-    forecasts[missing, 0] = stream.values[missing]
+def seasonal_naive_fill(forecasts: np.ndarray, stream: Stream, season: int) -> None:
+    """Give every event still without a forecast the seasonal naive one.
+
+    The forecast of a key's next value is its value one season before that, or its last value
+    while it has fewer than `season` values (as `baselines.SeasonalNaive`).
+    """
+    for indices in key_positions(stream.keys).values():
+        missing = np.isnan(forecasts[indices, 0])
+        if not missing.any():
+            continue
+        y = stream.values[indices]
+        fill = y.copy()  # last value
+        fill[season - 1 :] = y[: len(y) - season + 1]  # the next value's, one season before
+        forecasts[indices[missing], 0] = fill[missing]
 
 
 def cadence_s(stream: Stream) -> float:

@@ -5,7 +5,7 @@ AICc, statsforecast's defaults) is fitted on its last `window` values, and refit
 events. Between refits each one-step forecast comes from the fitted model run forward (its
 parameters fixed, its states filtered through the values seen since) over exactly the values
 before it: `AutoETS.forward(y[:t + 1])`, never a longer series. Before the first fit the
-forecast is the last value. The model's own prediction intervals (normal errors, analytic
+forecast is seasonal naive's. The model's own prediction intervals (normal errors, analytic
 variance) come with each forecast.
 """
 
@@ -21,8 +21,8 @@ from daemon.evaluation.anchors import (
     DEFAULT_LEVELS,
     AnchorRun,
     key_positions,
-    naive_fill,
     refit_every,
+    seasonal_naive_fill,
 )
 from daemon.evaluation.stream import Stream
 
@@ -62,7 +62,7 @@ class AutoEtsAnchor:
         return (
             f"statsforecast AutoETS(season_length={self.season}, model ZZZ by AICc), one per key, "
             f"refit every {refit} events on its last {self.window} values, run forward between "
-            f"refits; naive before {self.min_values} values"
+            f"refits; seasonal naive before {self.min_values} values"
         )
 
     def run(self, stream: Stream) -> AnchorRun:
@@ -80,7 +80,7 @@ class AutoEtsAnchor:
             spent, count = self._key(y, indices, refit, forecasts, lower, upper)
             fit_seconds += spent
             fits += count
-        naive_fill(forecasts, stream)
+        seasonal_naive_fill(forecasts, stream, self.season)
         return AnchorRun(
             forecasts,
             time.perf_counter() - started,

@@ -5,7 +5,7 @@ recent level, that level, the calendar of the forecast's target time and the eve
 (exogenous) features. The target is the next value's change, in the same scaled units, so the
 trees never have to extrapolate a level. Every R periods of event time (R × the cadence) the
 model is refitted on every row whose target had arrived before the refit, over all keys: no key
-learns from another key's future. Rows before the first fit are answered with the last value.
+learns from another key's future. Rows before the first fit are answered by seasonal naive.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from daemon.evaluation.anchors import (
     AnchorRun,
     cadence_s,
     key_positions,
-    naive_fill,
     refit_every,
+    seasonal_naive_fill,
 )
 from daemon.evaluation.stream import Stream
 
@@ -76,8 +76,9 @@ class GlobalGbmAnchor:
             f"{p['learning_rate']:g}, {p['num_leaves']} leaves, min_data_in_leaf "
             f"{p['min_data_in_leaf']}) on {features} features: {self.lag_count()} latest values, "
             f"seasonal lags m, 2m, m+1, level, calendar, exogenous, all scaled by the key's "
-            f"mean over its last {self.season} values; target the scaled next change; refit every "
-            f"{refit} periods of event time on all rows known before; naive before {MIN_ROWS} rows"
+            f"mean over its last {self.season} values; target the scaled next change; refit "
+            f"every {refit} periods of event time on all rows known before; seasonal naive "
+            f"before {MIN_ROWS} rows"
         )
 
     def lag_count(self) -> int:
@@ -114,7 +115,7 @@ class GlobalGbmAnchor:
             if model is not None and last > first:
                 change = model.predict(rows[first:last])
                 forecasts[first:last, 0] = stream.values[first:last] + change * scale[first:last]
-        naive_fill(forecasts, stream)
+        seasonal_naive_fill(forecasts, stream, self.season)
         return AnchorRun(
             forecasts,
             time.perf_counter() - started,
