@@ -265,6 +265,12 @@ class StreamSettings(_Section):
     derived_calendar: bool = Field(
         True, description="Append time of day/week/year (sin, cos) of the forecast's target time."
     )
+    # See daemon/core/smoothing.py and docs/forecasts.md.
+    derived_smoothing: bool = Field(
+        False,
+        description="Append cheap statistical forecasts (seasonal naive, smoothed levels, drift) "
+        "as changes in the target's units.",
+    )
     seasons: tuple[int, ...] | Literal["auto"] = Field(
         "auto",
         description="Seasonal lags in events of one key, e.g. [48, 336]; auto picks them per key "

@@ -37,6 +37,7 @@ from daemon.core.pending import ANSWERED, FORECAST_MODE, HAS_NAIVE, HAS_Y, NO_EV
 from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
+from daemon.core.smoothing import SmoothedFeatures, smoothing_for
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.core.targets import TargetAssembly
 from daemon.core.train_step import StepModel, Trainer, TrainStepFailed
@@ -140,6 +141,7 @@ class OnlineLearner:
                 derived=self.new_derived(),
                 horizon=self.horizon,
                 intervals=self.new_intervals(),
+                smoothing=self.new_smoothing(),
             )
             self._stores[partition] = store
         return store
@@ -147,6 +149,11 @@ class OnlineLearner:
     def new_derived(self) -> DerivedFeatures | None:
         """Return empty derived-feature columns for a new store (None when none are derived)."""
         return derived_for(self._settings, 0)
+
+    def new_smoothing(self) -> SmoothedFeatures | None:
+        """Return empty smoothed-feature state for a new store (None when off)."""
+        derived = derived_for(self._settings, 0)
+        return smoothing_for(self._settings, 0 if derived is None else derived.slots, 0)
 
     def new_intervals(self) -> IntervalCalibrator | None:
         """Return empty interval trackers for a new store (None when no levels are set)."""
@@ -244,6 +251,8 @@ class OnlineLearner:
         step_spread = (
             self._scaling.step_spread(store, row, level, starts_sequence) if forecast else None
         )
+        if store.prescaled:
+            self._scaling.prescale(features, store.prescaled, step_spread)
         if not starts_sequence:
             self._targets.fill(store, ref, level)
         events = store.events

@@ -18,6 +18,7 @@ from daemon.core.derived import DerivedFeatures
 from daemon.core.intervals import IntervalCalibrator
 from daemon.core.learner import KeyRef, OnlineLearner
 from daemon.core.pending import HAS_Y, NO_EVENT
+from daemon.core.smoothing import SmoothedFeatures
 from daemon.core.store import KeyStateStore
 
 Arrays = dict[str, np.ndarray]
@@ -64,6 +65,8 @@ def export_store(store: KeyStateStore, ranks: dict[str, dict[int, int]]) -> tupl
         arrays.update({f"derived_{k}": v for k, v in store.derived.take(rows).items()})
     if store.intervals is not None:
         arrays.update(store.intervals.take(rows))
+    if store.smoothing is not None:
+        arrays.update({f"smooth_{k}": v for k, v in store.smoothing.take(rows).items()})
     for name, rank in ranks.items():
         arrays[f"{name}_rank"] = np.array([rank.get(r, -1) for r in rows.tolist()], np.int64)
     owners: list[int] = []
@@ -93,6 +96,7 @@ def import_store(
     derived: DerivedFeatures | None = None,
     horizon: int = 1,
     intervals: IntervalCalibrator | None = None,
+    smoothing: SmoothedFeatures | None = None,
 ) -> tuple[KeyStateStore, dict[str, list[tuple[int, int]]]]:
     """Rebuild a store from `export_store`'s output.
 
@@ -125,6 +129,7 @@ def import_store(
         derived,
         horizon,
         intervals,
+        smoothing,
     )
     if arrays["states"].shape != (n, layers, 2, units):
         raise ValueError(f"states have shape {arrays['states'].shape}, expected {n} keys")
@@ -150,6 +155,10 @@ def import_store(
         derived.put(rows, saved)
     if intervals is not None:
         intervals.put(rows, arrays)
+    if smoothing is not None:
+        if "smooth_state" not in arrays or "smooth_count" not in arrays:
+            raise ValueError("the state holds no smoothed features: saved with other settings")
+        smoothing.put(rows, {"state": arrays["smooth_state"], "count": arrays["smooth_count"]})
     _import_events(store, arrays, n, now)
     waits = {}
     for name in ("ready", "full"):
@@ -243,6 +252,7 @@ def _import_store_for(
         learner.new_derived(),
         learner.horizon,
         learner.new_intervals(),
+        learner.new_smoothing(),
     )
 
 

@@ -23,6 +23,7 @@ from daemon.core.intervals import IntervalCalibrator
 from daemon.core.keymap import KeyMap
 from daemon.core.pending import ANSWERED, HAS_Y, ID_DTYPE, MAX_IDS, NO_EVENT, FreeIds, PendingEvents
 from daemon.core.scaling import StatsColumns
+from daemon.core.smoothing import SmoothedFeatures
 
 _INITIAL_ROWS = 64
 # Columns of [n_targets] float64 that only one mode reads, so a store of the other mode never
@@ -70,8 +71,13 @@ class KeyStateStore:
         derived: DerivedFeatures | None = None,
         horizon: int = 1,
         intervals: IntervalCalibrator | None = None,
+        smoothing: SmoothedFeatures | None = None,
     ) -> None:
         self.partition = partition
+        self.smoothing = smoothing  # the keys' smoothed forecasts; None when off
+        # The last inputs are already in target units (the smoothed features): they skip the
+        # per-key normalisation.
+        self.prescaled = 0 if smoothing is None else smoothing.width
         self.derived = derived  # the keys' calendar and lag history; None when off
         self.intervals = intervals  # the keys' interval calibration; None when off
         self.layers, self.units = layers, units
@@ -129,6 +135,8 @@ class KeyStateStore:
             self.derived.grow(capacity)
         if self.intervals is not None:
             self.intervals.grow(capacity)
+        if self.smoothing is not None:
+            self.smoothing.grow(capacity)
         self._free_rows.add_range(old, capacity)
         self.capacity = capacity
 
@@ -200,6 +208,8 @@ class KeyStateStore:
             self.derived.clear_row(row)
         if self.intervals is not None:
             self.intervals.clear(row)
+        if self.smoothing is not None:
+            self.smoothing.clear_row(row)
 
     def remove(self, row: int) -> list[int]:
         """Forget a key; return its pending events (still allocated: the caller releases them)."""

@@ -246,8 +246,9 @@ class Trainer:
         spread = store.events.spread[scored]
         with np.errstate(divide="ignore", invalid="ignore"):
             scores = (target - prediction) / spread
-        self.interval_scores.add(store.events.bounds[scored], target)
-        calibrator.update(rows, scores)
+        published = store.events.bounds[scored]
+        self.interval_scores.add(published, target)
+        calibrator.update(rows, scores, published, target)
 
     def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
         """Release a key's events that a train step consumed and requeue the key."""

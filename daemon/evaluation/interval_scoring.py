@@ -63,16 +63,19 @@ def conformal_bounds(
     lower = {level: np.full(len(stream.keys), np.nan) for level in levels}
     upper = {level: np.full(len(stream.keys), np.nan) for level in levels}
     rows: dict[str, int] = {}
-    last: dict[str, tuple[int, float, float]] = {}  # key -> (event, forecast, spread)
+    # key -> (event, forecast, spread, its published bounds)
+    last: dict[str, tuple[int, float, float, np.ndarray]] = {}
     steps: dict[str, list[float]] = {}  # key -> [count, mean, m2] of its steps
     for index, key in enumerate(stream.keys):
         row = rows.setdefault(key, len(rows))
         value = float(stream.values[index])
         previous = last.get(key)
         if previous is not None:
-            event, forecast, spread = previous
+            event, forecast, spread, published = previous
             score = (value - forecast) / spread
-            calibrator.update(np.array([row]), np.array([[score]]))
+            calibrator.update(
+                np.array([row]), np.array([[score]]), published[None, :], np.array([[value]])
+            )
             _welford(steps.setdefault(key, [0, 0.0, 0.0]), value - float(stream.values[event]))
         spread = _spread(steps.get(key), value)
         forecast = float(forecasts[index, 0])
@@ -83,7 +86,7 @@ def conformal_bounds(
         )[0, :, 0]
         for i, level in enumerate(levels):
             lower[level][index], upper[level][index] = bounds[2 * i], bounds[2 * i + 1]
-        last[key] = (index, forecast, spread)
+        last[key] = (index, forecast, spread, bounds)
     return lower, upper
 
 

@@ -200,3 +200,26 @@ def expected_count(settings, events):
     learner = _learner(settings)
     _feed(learner, events)
     return learner.interval_scores.count
+
+
+def test_the_width_factor_brings_many_young_keys_to_nominal_coverage():
+    # 400 short keys whose scaled residuals differ in spread (0.3 to 3): each key's own
+    # trackers see 60 residuals, too few to converge; the published coverage still holds.
+    rng = np.random.default_rng(1)
+    calibrator = IntervalCalibrator((0.8, 0.95), width=1, rate=0.05, warmup=20, capacity=400)
+    spreads = rng.uniform(0.3, 3.0, 400)
+    hits = []
+    for _ in range(60):
+        rows = rng.permutation(400)
+        residuals = rng.standard_t(4, 400)[:, None] * spreads[rows, None]
+        bounds = calibrator.interval_bounds(rows, np.zeros((400, 1)), np.ones((400, 1)))
+        hits.append(
+            [
+                (bounds[:, 2 * i, 0] <= residuals[:, 0])
+                & (residuals[:, 0] <= bounds[:, 2 * i + 1, 0])
+                for i in range(2)
+            ]
+        )
+        calibrator.update(rows, residuals, bounds.reshape(400, -1), residuals)
+    coverage = np.mean(np.concatenate(hits, axis=1), axis=1)
+    assert coverage == pytest.approx([0.8, 0.95], abs=0.02)
