@@ -1,36 +1,30 @@
-"""Prediction intervals: online conformal quantile tracking of each key's scaled residuals. Pure.
+"""Prediction intervals, calibrated online: each key's error scale times partition-wide quantiles.
 
-Every prediction carries, per target and step, an interval at each configured level. Its bounds
-are the prediction plus quantiles of the key's *scaled residuals* r = (y − ŷ) / s, where s is the
-spread the event's target was normalised with (frozen at ingest: the spread of the key's steps
-under difference scaling). Scaled, the residuals of keys of any size are comparable, and a key
-whose steps grow gets wider intervals at once, before any residual says so.
+Every prediction carries, per target and step, an interval at each configured level ℓ:
 
-Each level ℓ has two trackers per key and output column, for the quantiles τ = (1 − ℓ)/2 and
-(1 + ℓ)/2 of r, moved by online gradient descent on the pinball loss ("quantile tracking", the P
-part of Angelopoulos, Candès and Tibshirani's conformal PID control, 2023):
+    [ŷ + q_lo · σ_k,  ŷ + q_hi · σ_k]
 
-    q ← q + η (τ − 1{r < q})
+* σ_k is the key's error scale: an exponentially weighted mean of its absolute prequential errors
+  (rate SCALE_RATE, about the last ten), so a key whose errors grow gets wider intervals within a
+  few values, and keys of any size share one set of quantiles. A young key leans on a prior, the
+  spread its target is normalised with times the partition's typical error-to-spread ratio:
+  σ = (n σ_k + w σ_prior) / (n + w) after n errors, w = `intervals.warmup`. Events whose spread
+  still comes from the key's level (its first values, before it has two steps) keep a ratio of
+  their own: a level is no step size.
+* q_lo, q_hi are the partition's quantiles (1 − ℓ)/2 and (1 + ℓ)/2 of the standardised errors
+  (y − ŷ) / σ, tracked by adaptive conformal inference on the intervals actually published
+  (Gibbs and Candès 2021; quantile tracking, Angelopoulos, Candès and Tibshirani 2023):
 
-Whatever the residuals' distribution and however it drifts, the fraction of residuals below q
-tends to τ, so the long-run coverage of each key's interval tends to ℓ: no normality is assumed.
-A key's first residuals say little, so a partition-wide tracker (the same update over every
-scored residual of the partition, at a smaller rate) stands in for young keys: a key's quantile
-is the blend w·q_key + (1 − w)·q_partition with w = n / (n + warmup) after n scored residuals,
-and a key's own trackers start from the partition's when its first residual arrives.
+      q ← q + η (τ − share of the batch's values below the published bound)
 
-The blend of key and partition trackers has no coverage guarantee of its own (a key's tracker
-starts at the partition's and has few residuals to converge with). So each level also carries a
-partition-wide width factor e^c on the published half-widths, moved by the published intervals'
-own misses, as adaptive conformal inference moves its level (Gibbs and Candès, 2021):
+  Whatever the errors' distribution and however it drifts, the long-run share of values below
+  each published bound tends to τ, so the partition's coverage tends to ℓ (a test checks it on
+  heavy-tailed, skewed and drifting errors and on many short keys).
 
-    c ← c + η_c (1{y outside the published interval} − (1 − ℓ))
-
-which drives the partition's long-run coverage of what was actually published to ℓ.
-
-Nothing leaks: a tracker moves only when a train step scores an event, and every step answers
-the forecasts waiting before it, so an interval published for event t uses residuals of events
-whose targets arrived before t did (tests/unit/core/test_intervals.py).
+Nothing leaks: σ, the ratios and q move only when a train step scores an event, and every step
+answers the forecasts waiting before it, so an interval published for event t uses errors of
+events whose targets arrived before t did (tests/unit/core/test_intervals.py, and with the real
+model tests/unit/model/test_learning.py).
 """
 
 from __future__ import annotations
@@ -41,12 +35,24 @@ import numpy as np
 
 from daemon.core import pages
 
-# The partition-wide tracker sees every key's residuals: a tenth of a key's rate keeps it as
-# steady per residual as a key's tracker is over ten.
-PARTITION_RATE_FACTOR = 0.1
-# Rate of the width factor's log per published interval scored: a miss at level 0.95 widens by
-# 1.9%, a hit narrows by 0.1%.
-WIDTH_RATE = 0.02
+# σ_k follows the key's last ~10 absolute errors; the partition's error-to-spread ratios follow
+# its last ~100. The ratios start at 0.8, the mean absolute standard normal: what the naive
+# forecast's error is in units of the key's step spread.
+SCALE_RATE = 0.1
+RATIO_RATE = 0.01
+_START_RATIO = 0.8
+WARM, COLD = 0, 1
+
+
+def _occurrence(rows: np.ndarray) -> np.ndarray:
+    """Return for each entry how many earlier entries hold the same row."""
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    lengths = np.diff(np.r_[starts, len(rows)])
+    out = np.empty(len(rows), np.int64)
+    out[order] = np.arange(len(rows)) - np.repeat(starts, lengths)
+    return out
 
 
 def bound_quantiles(levels: tuple[float, ...]) -> np.ndarray:
@@ -55,13 +61,13 @@ def bound_quantiles(levels: tuple[float, ...]) -> np.ndarray:
 
 
 class IntervalCalibrator:
-    """Per-key quantile trackers of scaled residuals, rows of contiguous arrays.
+    """Per-key error scales and partition-wide quantiles, as rows of contiguous arrays.
 
     Attributes:
         levels: Interval levels, e.g. (0.8, 0.95).
         width: Output columns (n_targets × horizon).
-        rate: η of a key's trackers, in scaled-residual units per residual.
-        warmup: Scored residuals after which a key's own trackers weigh half.
+        rate: η of the quantiles, in standardised-error units per scored batch.
+        warmup: Weight, in errors, of a key's prior scale.
         capacity: Rows held.
     """
 
@@ -76,14 +82,14 @@ class IntervalCalibrator:
         self.warmup = warmup
         self.capacity = 0
         self.taus = bound_quantiles(self.levels)[:, None]  # [bounds, 1]
-        # Before any residual: the quantiles of a standard normal, the naive forecast's scaled
-        # step under difference scaling.
-        normal = [NormalDist().inv_cdf(t) for t in self.taus[:, 0]]
-        self.partition_q = np.repeat(np.array(normal)[:, None], width, axis=1)
-        self.partition_count = 0
-        self.log_width = np.zeros(len(self.levels))  # c per level
-        self._q: np.ndarray | None = None  # [capacity, bounds, width], allocated on first use
-        self._count: np.ndarray | None = None  # scored residuals per key
+        # Standardised errors of a well-scaled key are about normal with mean |e| = 1: start
+        # from the normal quantiles in units of the mean absolute error.
+        normal = [NormalDist().inv_cdf(t) / _START_RATIO for t in self.taus[:, 0]]
+        self.q = np.repeat(np.array(normal)[:, None], width, axis=1)  # [bounds, width]
+        self.ratio = np.full((2, width), _START_RATIO)  # [warm/cold, width]
+        self.scored = 0
+        self._scale: np.ndarray | None = None  # [capacity, width], allocated on first use
+        self._count: np.ndarray | None = None  # errors seen per key
         self.grow(capacity)
 
     @property
@@ -92,151 +98,164 @@ class IntervalCalibrator:
         return 2 * len(self.levels)
 
     def _allocate(self) -> None:
-        self._q = pages.zeros((self.capacity, self.bounds, self.width), np.float64)
+        self._scale = pages.zeros((self.capacity, self.width), np.float64)
         self._count = pages.zeros((self.capacity,), np.int64)
 
     def grow(self, capacity: int) -> None:
         """Hold `capacity` rows, keeping the existing ones (new rows have seen nothing)."""
         old, self.capacity = self.capacity, capacity
-        if self._q is not None and self._count is not None:
-            self._q = pages.grown(self._q[:old], capacity)
+        if self._scale is not None and self._count is not None:
+            self._scale = pages.grown(self._scale[:old], capacity)
             self._count = pages.grown(self._count[:old], capacity)
 
     def clear(self, row: int) -> None:
-        """Forget a row's residuals (a new key, or a key dropped from the store)."""
-        if self._count is not None and self._q is not None:
+        """Forget a row's errors (a new key, or a key dropped from the store)."""
+        if self._scale is not None and self._count is not None:
+            self._scale[row] = 0.0
             self._count[row] = 0
-            self._q[row] = 0.0
 
-    def quantiles(self, rows: np.ndarray) -> np.ndarray:
-        """Return the scaled-residual quantiles the rows' keys publish with, [k, bounds, width]."""
-        partition = np.broadcast_to(self.partition_q, (len(rows), self.bounds, self.width))
-        if self._q is None or self._count is None:
-            return partition.copy()
-        n = self._count[rows].astype(np.float64)[:, None, None]
-        weight = n / (n + self.warmup) if self.warmup else np.ones_like(n)
-        return weight * self._q[rows] + (1 - weight) * partition
-
-    def interval_bounds(
-        self, rows: np.ndarray, predictions: np.ndarray, spreads: np.ndarray
-    ) -> np.ndarray:
-        """Return the bounds of the rows' predictions in target units, [k, bounds, width].
-
-        Per level the lower bound is at most the upper one (young trackers may cross).
+    def scales(self, rows: np.ndarray, spreads: np.ndarray, cold: np.ndarray) -> np.ndarray:
+        """Return σ of each prediction, [k, width]: its key's, leaning on the prior while young.
 
         Args:
             rows: Each prediction's key row.
-            predictions: [k, width] in target units.
-            spreads: [k, width]: what each event's target was normalised with.
+            spreads: [k, width]: what each event's target is normalised with.
+            cold: [k] bool: the spread is still the key's level, not its step spread.
         """
-        q = self.quantiles(rows)
-        lower, upper = np.minimum(q[:, 0::2], q[:, 1::2]), np.maximum(q[:, 0::2], q[:, 1::2])
-        centre, half = (lower + upper) / 2, (upper - lower) / 2
-        half *= np.exp(self.log_width)[None, :, None]
-        out = np.empty_like(q)
-        out[:, 0::2], out[:, 1::2] = centre - half, centre + half
-        return predictions[:, None, :] + out * spreads[:, None, :]
+        prior = spreads * self.ratio[cold.astype(np.int64)]
+        if self._scale is None or self._count is None:
+            return prior
+        n = self._count[rows].astype(np.float64)[:, None]
+        if not self.warmup:
+            return np.where(n > 0, self._scale[rows], prior)
+        return (n * self._scale[rows] + self.warmup * prior) / (n + self.warmup)
+
+    def interval_bounds(
+        self, rows: np.ndarray, predictions: np.ndarray, spreads: np.ndarray, cold: np.ndarray
+    ) -> np.ndarray:
+        """Return the bounds of the rows' predictions in target units, [k, bounds, width].
+
+        Per level the lower bound is at most the upper one.
+        """
+        lower, upper = (
+            np.minimum(self.q[0::2], self.q[1::2]),
+            np.maximum(self.q[0::2], self.q[1::2]),
+        )
+        q = np.empty_like(self.q)
+        q[0::2], q[1::2] = lower, upper
+        sigma = self.scales(rows, spreads, cold)
+        return predictions[:, None, :] + q[None] * sigma[:, None, :]
 
     def update(
         self,
         rows: np.ndarray,
-        scores: np.ndarray,
-        published: np.ndarray | None = None,
-        target: np.ndarray | None = None,
+        errors: np.ndarray,
+        spreads: np.ndarray,
+        cold: np.ndarray,
+        published: np.ndarray,
+        target: np.ndarray,
     ) -> None:
-        """Move the trackers by scored residuals, in one batch against the current quantiles.
+        """Learn from scored values, in one batch against the state before it.
 
         Args:
-            rows: [k] key rows, repeated when a key has several residuals in the batch.
-            scores: [k, width] scaled residuals (y − ŷ) / s; non-finite ones are skipped.
+            rows: [k] key rows, repeated when a key has several values in the batch.
+            errors: [k, width] y − ŷ in target units.
+            spreads: [k, width] what each target was normalised with; `cold` as for `scales`.
             published: [k, bounds × width]: the intervals published for these values (NaN:
-                unknown); with `target`, they move the width factors.
+                unknown, e.g. published before a restore; they move no quantile).
             target: [k, width] the values.
         """
-        if published is not None and target is not None:
-            self._adjust_width(published, target)
-        finite = np.isfinite(scores).all(axis=1)
-        rows, scores = rows[finite], scores[finite]
+        finite = np.isfinite(errors).all(axis=1) & np.isfinite(spreads).all(axis=1)
+        self._track_quantiles(published[finite], target[finite])
+        rows, errors, spreads, cold = rows[finite], errors[finite], spreads[finite], cold[finite]
         if not len(rows):
             return
-        if self._q is None:
+        magnitude = np.abs(errors)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(spreads > 0, magnitude / spreads, np.nan)
+        for kind in (WARM, COLD):
+            chosen = ratios[cold == bool(kind)]
+            chosen = chosen[np.isfinite(chosen).all(axis=1)]
+            if len(chosen):  # one step towards the batch's mean, weighted by its size
+                weight = 1.0 - (1.0 - RATIO_RATE) ** len(chosen)
+                self.ratio[kind] += weight * (chosen.mean(axis=0) - self.ratio[kind])
+        if self._scale is None:
             self._allocate()
-        q, count = self._q, self._count
-        assert q is not None and count is not None  # allocated above
-        fresh = np.unique(rows[count[rows] == 0])
-        q[fresh] = self.partition_q  # a key's trackers start from the partition's
-        below = scores[:, None, :] < q[rows]  # against the quantiles before this batch
-        steps = self.rate * (self.taus - below)
-        partition_steps = (self.taus - (scores[:, None, :] < self.partition_q)).sum(axis=0)
-        np.add.at(q, rows, steps)
-        np.add.at(count, rows, 1)
-        self.partition_q += self.rate * PARTITION_RATE_FACTOR * partition_steps
-        self.partition_count += len(rows)
+        scale, count = self._scale, self._count
+        assert scale is not None and count is not None  # allocated above
+        # A key's values in order (an EWMA is sequential): round r takes each key's r-th value.
+        occurrence = _occurrence(rows)
+        for r in range(int(occurrence.max()) + 1):
+            chosen = occurrence == r
+            keys, values = rows[chosen], magnitude[chosen]
+            first = count[keys] == 0
+            scale[keys] = np.where(
+                first[:, None], values, scale[keys] + SCALE_RATE * (values - scale[keys])
+            )
+            count[keys] += 1
 
-    def _adjust_width(self, published: np.ndarray, target: np.ndarray) -> None:
-        """Move each level's width factor by the misses of the intervals it published."""
+    def _track_quantiles(self, published: np.ndarray, target: np.ndarray) -> None:
+        """Move each bound's quantile by whether the values fell below what it published."""
         known = np.isfinite(published).all(axis=1) & np.isfinite(target).all(axis=1)
         if not known.any():
             return
-        laid = published[known].reshape(-1, len(self.levels), 2, self.width)
-        y = target[known][:, None, :]
-        misses = (y < laid[:, :, 0]) | (y > laid[:, :, 1])  # [k, levels, width]
-        alpha = 1.0 - np.asarray(self.levels)
-        self.log_width += WIDTH_RATE * (misses.sum(axis=(0, 2)) - alpha * misses[:, 0].size)
+        laid = published[known].reshape(-1, self.bounds, self.width)
+        below = target[known][:, None, :] < laid  # [k, bounds, width]
+        # One step per batch (a train step's values), towards the batch's share below: a step
+        # per value would move the partition's quantiles B × T times per train step.
+        self.q += self.rate * (self.taus - below.mean(axis=0))
+        self.scored += int(known.sum())
 
     # ---- snapshots ----------------------------------------------------------------------
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Return the rows' trackers and the partition's, as arrays for a snapshot."""
-        if self._q is None or self._count is None:
-            q = np.zeros((len(rows), self.bounds, self.width))
+        """Return the rows' scales and the partition's quantiles, as arrays for a snapshot."""
+        if self._scale is None or self._count is None:
+            scale = np.zeros((len(rows), self.width))
             count = np.zeros(len(rows), np.int64)
         else:
-            q, count = self._q[rows], self._count[rows]
+            scale, count = self._scale[rows], self._count[rows]
         return {
             "ci_levels": np.asarray(self.levels, np.float64),
-            "ci_q": q,
+            "ci_scale": scale,
             "ci_count": count,
-            "ci_partition_q": self.partition_q.copy(),
-            "ci_partition_count": np.asarray([self.partition_count], np.int64),
-            "ci_log_width": self.log_width.copy(),
+            "ci_q": self.q.copy(),
+            "ci_ratio": self.ratio.copy(),
+            "ci_scored": np.asarray([self.scored], np.int64),
         }
 
     def put(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> bool:
         """Load what `take` returned into `rows`; return whether it was loaded.
 
-        Saved trackers of other levels or widths (another configuration, or a snapshot made
-        before intervals existed) are not loaded: the trackers then start afresh.
+        Saved state of other levels (another configuration, or a snapshot made before
+        intervals existed) is not loaded: the calibration then starts afresh.
 
         Raises:
-            ValueError: Arrays of these levels with shapes that do not fit the rows.
+            ValueError: State of these levels whose shapes do not fit, or non-finite values.
         """
         levels = arrays.get("ci_levels")
         if levels is None or levels.shape != (len(self.levels),):
             return False
         if not np.allclose(levels, self.levels):
             return False
-        q, count = np.asarray(arrays["ci_q"]), np.asarray(arrays["ci_count"])
-        partition_q = np.asarray(arrays["ci_partition_q"])
+        scale, count = np.asarray(arrays["ci_scale"]), np.asarray(arrays["ci_count"])
+        q, ratio = np.asarray(arrays["ci_q"]), np.asarray(arrays["ci_ratio"])
         if (
-            q.shape != (len(rows), self.bounds, self.width)
+            scale.shape != (len(rows), self.width)
             or count.shape != (len(rows),)
-            or partition_q.shape != (self.bounds, self.width)
+            or q.shape != self.q.shape
+            or ratio.shape != self.ratio.shape
         ):
             raise ValueError(
-                f"interval trackers of shape {q.shape} do not fit {len(rows)} rows of "
-                f"{(self.bounds, self.width)}"
+                f"interval state of shapes {scale.shape}, {q.shape} does not fit {len(rows)} "
+                f"rows of width {self.width} at {len(self.levels)} levels"
             )
-        if not (np.isfinite(q).all() and np.isfinite(partition_q).all() and (count >= 0).all()):
-            raise ValueError("interval trackers hold non-finite values or negative counts")
-        if self._q is None:
+        if not all(np.isfinite(a).all() for a in (scale, q, ratio)) or (count < 0).any():
+            raise ValueError("interval state holds non-finite values or negative counts")
+        if self._scale is None:
             self._allocate()
-        assert self._q is not None and self._count is not None
-        self._q[rows], self._count[rows] = q, count
-        self.partition_q = partition_q.astype(np.float64)
-        self.partition_count = int(np.asarray(arrays["ci_partition_count"]).reshape(-1)[0])
-        log_width = np.asarray(arrays.get("ci_log_width", np.zeros(len(self.levels))))
-        if log_width.shape != (len(self.levels),) or not np.isfinite(log_width).all():
-            raise ValueError("interval width factors do not fit the levels")
-        self.log_width = log_width.astype(np.float64)
+        assert self._scale is not None and self._count is not None
+        self._scale[rows], self._count[rows] = scale, count
+        self.q, self.ratio = q.astype(np.float64), ratio.astype(np.float64)
+        self.scored = int(np.asarray(arrays["ci_scored"]).reshape(-1)[0])
         return True

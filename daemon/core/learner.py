@@ -33,7 +33,15 @@ from daemon.core.featurize import EventScaling
 from daemon.core.forecasts import Forecaster, KeyRef
 from daemon.core.intervals import IntervalCalibrator
 from daemon.core.outbox import Outbox
-from daemon.core.pending import ANSWERED, FORECAST_MODE, HAS_NAIVE, HAS_Y, NO_EVENT, STARTS_SEQUENCE
+from daemon.core.pending import (
+    ANSWERED,
+    COLD_SCALE,
+    FORECAST_MODE,
+    HAS_NAIVE,
+    HAS_Y,
+    NO_EVENT,
+    STARTS_SEQUENCE,
+)
 from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
@@ -265,11 +273,13 @@ class OnlineLearner:
         if forecast:
             location, spread = self._scaling.forecast_target(level, step_spread, target_scale)
             self._targets.frame_forecast(events, e, level, location, spread)
-            flags |= FORECAST_MODE | HAS_NAIVE
+            flags |= FORECAST_MODE | HAS_NAIVE | (COLD_SCALE if step_spread is None else 0)
             self._forecaster.wait(ref, e)
         else:
             scale = self._scaling.supervised_target(store, row)
             flags |= self._targets.frame_supervised(store, row, e, *scale)
+            stats = store.target_stats
+            flags |= COLD_SCALE if not stats.allocated or stats.count[row] < 2 else 0
         events.flags[e] = flags
         store.append(row, e)
         if event.target is not None:

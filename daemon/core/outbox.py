@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.core.pending import ANSWERED, FORECAST_MODE
+from daemon.core.pending import ANSWERED, COLD_SCALE, FORECAST_MODE
 from daemon.core.records import Prediction
 from daemon.core.scaling import denormalise
 from daemon.core.store import KeyStateStore
@@ -71,8 +71,9 @@ class Outbox:
         if calibrator is None:
             return (), None
         events = store.events
+        cold = (events.flags[answered] & COLD_SCALE) != 0
         bounds = calibrator.interval_bounds(
-            np.asarray(rows), values, events.spread[answered]
+            np.asarray(rows), values, events.spread[answered], cold
         )  # [k, 2 × levels, width]
         events.bounds[answered] = bounds.reshape(len(answered), -1)
         shape = (self._n_targets,) if self._horizon == 1 else (self._n_targets, self._horizon)

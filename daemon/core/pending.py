@@ -20,6 +20,7 @@ HAS_NAIVE = 2  # a naive forecast exists to score the model against
 STARTS_SEQUENCE = 4  # a reset: the event starts a new sequence of its key
 FORECAST_MODE = 8  # no `target` in the event: its target is its successor's features
 ANSWERED = 16  # its prediction was published
+COLD_SCALE = 32  # its target's spread is still its key's level: no step spread yet
 
 NO_EVENT = -1
 # Ids (of events and of store rows) are int32: 2**31 pending events would take ~190 GB, so the

@@ -32,7 +32,7 @@ from daemon.core.batching import (
 from daemon.core.derived import input_names
 from daemon.core.forecasts import Forecaster, InferModel, KeyRef
 from daemon.core.outbox import Outbox
-from daemon.core.pending import HAS_NAIVE
+from daemon.core.pending import COLD_SCALE, HAS_NAIVE
 from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.store import KeyStateStore, ResetReason
@@ -243,12 +243,11 @@ class Trainer:
         """Score the published intervals of scored events, then move the keys' trackers."""
         calibrator = store.intervals
         assert calibrator is not None  # the caller checked
-        spread = store.events.spread[scored]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scores = (target - prediction) / spread
-        published = store.events.bounds[scored]
+        events = store.events
+        published = events.bounds[scored]
+        cold = (events.flags[scored] & COLD_SCALE) != 0
         self.interval_scores.add(published, target)
-        calibrator.update(rows, scores, published, target)
+        calibrator.update(rows, target - prediction, events.spread[scored], cold, published, target)
 
     def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
         """Release a key's events that a train step consumed and requeue the key."""

@@ -66,23 +66,32 @@ def conformal_bounds(
     # key -> (event, forecast, spread, its published bounds)
     last: dict[str, tuple[int, float, float, np.ndarray]] = {}
     steps: dict[str, list[float]] = {}  # key -> [count, mean, m2] of its steps
+    event_cold = np.zeros(len(stream.keys), bool)
     for index, key in enumerate(stream.keys):
         row = rows.setdefault(key, len(rows))
         value = float(stream.values[index])
         previous = last.get(key)
         if previous is not None:
             event, forecast, spread, published = previous
-            score = (value - forecast) / spread
             calibrator.update(
-                np.array([row]), np.array([[score]]), published[None, :], np.array([[value]])
+                np.array([row]),
+                np.array([[value - forecast]]),
+                np.array([[spread]]),
+                np.array([event_cold[event]]),
+                published[None, :],
+                np.array([[value]]),
             )
             _welford(steps.setdefault(key, [0, 0.0, 0.0]), value - float(stream.values[event]))
         spread = _spread(steps.get(key), value)
+        event_cold[index] = steps.get(key, [0])[0] < 2
         forecast = float(forecasts[index, 0])
         if not math.isfinite(forecast):
             continue
         bounds = calibrator.interval_bounds(
-            np.array([row]), np.array([[forecast]]), np.array([[spread]])
+            np.array([row]),
+            np.array([[forecast]]),
+            np.array([[spread]]),
+            np.array([event_cold[index]]),
         )[0, :, 0]
         for i, level in enumerate(levels):
             lower[level][index], upper[level][index] = bounds[2 * i], bounds[2 * i + 1]

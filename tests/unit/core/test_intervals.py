@@ -1,5 +1,5 @@
-"""Interval calibration: quantile tracking per key, the partition's stand-in for young keys, the
-snapshot arrays, and the learner's published intervals (toy model)."""
+"""Interval calibration: per-key error scales, partition quantiles tracked on what was
+published, the snapshot arrays, and the learner's published intervals (toy model)."""
 
 import numpy as np
 import pytest
@@ -12,16 +12,22 @@ from daemon.core.learner_state import export_learner, import_learner
 from daemon.core.prequential import IntervalScores
 from daemon.settings import IntervalSettings, ModelSettings, Settings, StreamSettings
 
+ONE = np.ones((1, 1))
+WARM = np.array([False])
 
-def _coverage(calibrator, residuals, rows=None):
-    """Publish before learning each residual (prediction 0, spread 1); return the hit rate."""
-    rows = np.zeros(len(residuals), np.int64) if rows is None else rows
-    hits = []
-    for row, r in zip(rows, residuals, strict=True):
-        bounds = calibrator.interval_bounds(np.array([row]), np.zeros((1, 1)), np.ones((1, 1)))
-        hits.append([bounds[0, 2 * i, 0] <= r <= bounds[0, 2 * i + 1, 0] for i in range(2)])
-        calibrator.update(np.array([row]), np.array([[r]]))
-    return np.mean(hits, axis=0)
+
+def _step(calibrator, rows, errors, spreads=None, cold=None):
+    """Publish intervals around a prediction of 0, then learn the values; return hits [2, k]."""
+    k = len(rows)
+    spreads = np.ones((k, 1)) if spreads is None else spreads
+    cold = np.zeros(k, bool) if cold is None else cold
+    bounds = calibrator.interval_bounds(rows, np.zeros((k, 1)), spreads, cold)
+    hits = [
+        (bounds[:, 2 * i, 0] <= errors[:, 0]) & (errors[:, 0] <= bounds[:, 2 * i + 1, 0])
+        for i in range(2)
+    ]
+    calibrator.update(rows, errors, spreads, cold, bounds.reshape(k, -1), errors)
+    return np.array(hits)
 
 
 @pytest.mark.parametrize(
@@ -32,64 +38,107 @@ def _coverage(calibrator, residuals, rows=None):
         lambda rng, n: rng.normal(0, 1, n) * np.linspace(0.5, 3, n),  # a spread that drifts
     ],
 )
-def test_a_key_tracker_covers_its_levels_whatever_the_residuals(draw):
+def test_one_key_is_covered_at_its_levels_whatever_the_errors(draw):
     calibrator = IntervalCalibrator((0.8, 0.95), width=1, rate=0.05, warmup=20, capacity=4)
-    coverage = _coverage(calibrator, draw(np.random.default_rng(0), 20_000))
-    assert coverage == pytest.approx([0.8, 0.95], abs=0.01)
+    errors = draw(np.random.default_rng(0), 20_000)
+    hits = [_step(calibrator, np.array([0]), np.array([[e]])) for e in errors]
+    assert np.mean(np.concatenate(hits, axis=1), axis=1) == pytest.approx([0.8, 0.95], abs=0.01)
 
 
-def test_without_residuals_the_bounds_are_the_normal_quantiles_of_the_spread():
+def test_many_young_keys_of_different_scales_are_covered_in_batches():
+    # 400 short keys whose errors differ in scale 100-fold, 60 values each on average, 32 keys
+    # per batch: each key's scale is its own within a few values; the partition's coverage
+    # holds.
+    rng = np.random.default_rng(1)
+    calibrator = IntervalCalibrator((0.8, 0.95), width=1, rate=0.05, warmup=5, capacity=400)
+    scales = 10 ** rng.uniform(-1, 1, 400)
+    hits = []
+    for _ in range(750):
+        rows = rng.choice(400, 32, replace=False)
+        errors = rng.standard_t(4, 32)[:, None] * scales[rows, None]
+        hits.append(_step(calibrator, rows, errors))
+    assert np.mean(np.concatenate(hits, axis=1), axis=1) == pytest.approx([0.8, 0.95], abs=0.02)
+
+
+def test_without_errors_the_bounds_are_normal_quantiles_of_the_spread():
     calibrator = IntervalCalibrator((0.8,), width=2, rate=0.05, warmup=20, capacity=4)
     bounds = calibrator.interval_bounds(
-        np.array([1]), np.array([[10.0, 100.0]]), np.array([[1.0, 10.0]])
+        np.array([1]), np.array([[10.0, 100.0]]), np.array([[1.0, 10.0]]), WARM
     )
+    # The prior scale is 0.8 spreads, and the quantiles start at z / 0.8: z spreads.
     assert bounds[0, :, 0] == pytest.approx([10 - 1.2816, 10 + 1.2816], abs=1e-3)
     assert bounds[0, :, 1] == pytest.approx([100 - 12.816, 100 + 12.816], abs=1e-2)
     assert bound_quantiles((0.8, 0.95)) == pytest.approx([0.1, 0.9, 0.025, 0.975])
 
 
-def test_a_young_key_leans_on_the_partition_then_on_its_own_residuals():
-    calibrator = IntervalCalibrator((0.8,), width=1, rate=0.05, warmup=20, capacity=4)
-    rng = np.random.default_rng(0)
-    # Key 0 is noisy (scaled residuals of spread 3): the partition learns wide intervals.
-    for r in rng.normal(0, 3, 3000):
-        calibrator.update(np.array([0]), np.array([[r]]))
-    wide = calibrator.quantiles(np.array([1]))[0, 1, 0]
-    assert wide > 2.5  # a new key starts from the partition's
-    # Key 1's own residuals are tight; after many, its interval is its own.
-    for r in rng.normal(0, 0.1, 3000):
-        calibrator.update(np.array([1]), np.array([[r]]))
-    assert calibrator.quantiles(np.array([1]))[0, 1, 0] < 0.3
-    assert calibrator.quantiles(np.array([0]))[0, 1, 0] > 2.5
-    calibrator.clear(1)  # a dropped key's row starts over from the partition
-    assert calibrator.quantiles(np.array([1]))[0, 1, 0] == pytest.approx(
-        calibrator.partition_q[1, 0]
+def test_a_key_scale_follows_its_errors_and_a_cleared_row_starts_over():
+    calibrator = IntervalCalibrator((0.8,), width=1, rate=0.05, warmup=5, capacity=4)
+    for error in [10.0, -10.0, 10.0] * 20:
+        calibrator.update(
+            np.array([2]), np.array([[error]]), ONE, WARM, np.full((1, 2), np.nan), ONE
+        )
+    assert calibrator.scales(np.array([2]), ONE, WARM)[0, 0] == pytest.approx(
+        (60 * 10 + 5 * 0.8 * calibrator.ratio[0, 0] / 0.8 * 0.8) / 65, rel=0.05
+    )
+    calibrator.clear(2)
+    assert calibrator.scales(np.array([2]), ONE, WARM)[0, 0] == pytest.approx(
+        calibrator.ratio[0, 0]
     )
 
 
-def test_repeated_rows_in_one_batch_each_move_their_key():
-    one = IntervalCalibrator((0.8,), width=1, rate=0.05, warmup=0, capacity=2)
-    one.update(np.array([0, 0, 1]), np.array([[5.0], [5.0], [-5.0]]))
-    q = one.quantiles(np.array([0, 1]))
-    start = one.partition_q  # moved too, by three residuals at a tenth of the rate
-    assert q[0, 1, 0] > q[1, 1, 0] and q[0, 0, 0] > q[1, 0, 0]
-    assert np.isfinite(start).all()
+def test_cold_events_keep_a_ratio_of_their_own():
+    calibrator = IntervalCalibrator((0.8,), width=1, rate=0.05, warmup=5, capacity=4)
+    # Cold events' spread is the key's level: their errors are a small share of it.
+    for _ in range(2000):
+        cold = np.array([True])
+        calibrator.update(
+            np.array([0]),
+            np.array([[1.0]]),
+            np.array([[100.0]]),
+            cold,
+            np.full((1, 2), np.nan),
+            ONE,
+        )
+    assert calibrator.ratio[1, 0] == pytest.approx(0.01, rel=0.01)  # from 0.8, 0.99 a step
+    assert calibrator.ratio[0, 0] == pytest.approx(0.8)  # warm events' untouched
+
+
+def test_repeated_rows_in_one_batch_update_the_scale_in_order():
+    calibrator = IntervalCalibrator((0.8,), width=1, rate=0.05, warmup=0, capacity=2)
+    nan = np.full((3, 2), np.nan)
+    calibrator.update(
+        np.array([0, 1, 0]),
+        np.array([[4.0], [1.0], [2.0]]),
+        np.ones((3, 1)),
+        np.zeros(3, bool),
+        nan,
+        np.ones((3, 1)),
+    )
+    # Key 0: starts at |4|, then 4 + 0.1 (2 - 4).
+    assert calibrator.scales(np.array([0, 1]), np.ones((2, 1)), np.zeros(2, bool))[
+        :, 0
+    ] == pytest.approx([3.8, 1.0])
 
 
 def test_snapshot_arrays_round_trip_and_refuse_other_shapes():
     calibrator = IntervalCalibrator((0.8, 0.95), width=1, rate=0.05, warmup=5, capacity=8)
-    calibrator.update(np.array([0, 3, 3]), np.array([[1.0], [-2.0], [0.5]]))
+    for _ in range(3):
+        _step(calibrator, np.array([0, 3, 3]), np.array([[1.0], [-2.0], [0.5]]))
     rows = np.array([0, 3])
     saved = calibrator.take(rows)
     fresh = IntervalCalibrator((0.8, 0.95), width=1, rate=0.05, warmup=5, capacity=8)
     assert fresh.put(np.array([1, 2]), saved)
-    np.testing.assert_array_equal(fresh.quantiles(np.array([1, 2])), calibrator.quantiles(rows))
+    spreads, cold = np.ones((2, 1)), np.zeros(2, bool)
+    np.testing.assert_array_equal(
+        fresh.interval_bounds(np.array([1, 2]), np.zeros((2, 1)), spreads, cold),
+        calibrator.interval_bounds(rows, np.zeros((2, 1)), spreads, cold),
+    )
     other_levels = IntervalCalibrator((0.9,), width=1, rate=0.05, warmup=5, capacity=8)
     assert not other_levels.put(np.array([1, 2]), saved)  # another configuration: start afresh
     assert not fresh.put(np.array([1, 2]), {})  # saved before intervals existed
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="does not fit"):
         fresh.put(np.array([1, 2, 3]), saved)
-    saved["ci_q"][0, 0, 0] = np.nan
+    saved["ci_q"][0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         fresh.put(np.array([1, 2]), saved)
 
@@ -186,7 +235,7 @@ def test_a_restored_learner_publishes_the_same_intervals():
     first = _learner(settings)
     head = _feed(first, events[:83], drain=False)  # stops mid-stream, with pending events
     parts, meta = export_learner(first)
-    assert {"ci_q", "ci_count", "ci_partition_q", "ev_bounds"} <= set(parts[0][0])
+    assert {"ci_q", "ci_scale", "ci_count", "ci_ratio", "ev_bounds"} <= set(parts[0][0])
     second = _learner(settings)
     import_learner(second, parts, meta, now=0.0)
     tail = _feed(second, events[83:], start=83)
@@ -200,26 +249,3 @@ def expected_count(settings, events):
     learner = _learner(settings)
     _feed(learner, events)
     return learner.interval_scores.count
-
-
-def test_the_width_factor_brings_many_young_keys_to_nominal_coverage():
-    # 400 short keys whose scaled residuals differ in spread (0.3 to 3): each key's own
-    # trackers see 60 residuals, too few to converge; the published coverage still holds.
-    rng = np.random.default_rng(1)
-    calibrator = IntervalCalibrator((0.8, 0.95), width=1, rate=0.05, warmup=20, capacity=400)
-    spreads = rng.uniform(0.3, 3.0, 400)
-    hits = []
-    for _ in range(60):
-        rows = rng.permutation(400)
-        residuals = rng.standard_t(4, 400)[:, None] * spreads[rows, None]
-        bounds = calibrator.interval_bounds(rows, np.zeros((400, 1)), np.ones((400, 1)))
-        hits.append(
-            [
-                (bounds[:, 2 * i, 0] <= residuals[:, 0])
-                & (residuals[:, 0] <= bounds[:, 2 * i + 1, 0])
-                for i in range(2)
-            ]
-        )
-        calibrator.update(rows, residuals, bounds.reshape(400, -1), residuals)
-    coverage = np.mean(np.concatenate(hits, axis=1), axis=1)
-    assert coverage == pytest.approx([0.8, 0.95], abs=0.02)
