@@ -249,9 +249,10 @@ class StreamSettings(_Section):
     normalise: bool = True
     # "difference" measured better on both evaluation data sets' smooth series and only 1% worse
     # on Birthdays' 100k prefix (README, Forecast quality).
-    target_scaling: Literal["level", "difference"] = Field(
+    target_scaling: Literal["level", "difference", "smoothed"] = Field(
         "difference",
-        description="Forecast mode: learn the next value (level) or its change (difference).",
+        description="Forecast mode: learn the next value (level), its change (difference), or "
+        "its difference from the key's best cheap forecast (smoothed; needs derived_smoothing).",
     )
     max_event_bytes: int = Field(1_048_576, ge=64, description="Larger messages: too_large.")
     # Keys are stream names; 256 bytes holds any sensible name, and a key is copied into every
@@ -267,7 +268,7 @@ class StreamSettings(_Section):
     )
     # See daemon/core/smoothing.py and docs/forecasts.md.
     derived_smoothing: bool = Field(
-        False,
+        True,
         description="Append cheap statistical forecasts (seasonal naive, smoothed levels, drift) "
         "as changes in the target's units.",
     )

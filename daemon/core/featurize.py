@@ -69,11 +69,14 @@ class EventScaling:
         smoothing, lags_of = store.smoothing, store.derived
         assert smoothing is not None  # the caller checked
         if lags_of is None or not lags_of.slots:
-            smoothing.observe_into(row, level, None, 0, out)
+            smoothing.observe_into(row, level, None, None, 0, out)
             return
+        n = len(level)
         start = lags_of.lag_offset()
-        lags = derived[start : start + smoothing.slots * len(level)].reshape(smoothing.slots, -1)
-        smoothing.observe_into(row, level, lags, lags_of.first_season(row), out)
+        end = start + smoothing.slots * n
+        lags = derived[start:end].reshape(smoothing.slots, n)
+        steps = derived[end : end + (smoothing.slots + 1) * n].reshape(smoothing.slots + 1, n)
+        smoothing.observe_into(row, level, lags, steps, lags_of.first_season(row), out)
 
     def prescale(self, features: np.ndarray, count: int, spread: np.ndarray | None) -> None:
         """Divide the last `count` inputs (changes in target units) by the target's spread.

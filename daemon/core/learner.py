@@ -113,6 +113,7 @@ class OnlineLearner:
         self.target_width = self.n_targets * self.horizon
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self._scaling = EventScaling(settings)
+        self._smoothed_target = settings.stream.target_scaling == "smoothed"
         self._stores: dict[int, KeyStateStore] = {}
         self._deferred = DeferredInputs()  # inputs normalised later, in rounds over keys
         self._outbox = Outbox(settings.stream.normalise, self.n_targets, self.horizon)
@@ -272,6 +273,8 @@ class OnlineLearner:
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if forecast:
             location, spread = self._scaling.forecast_target(level, step_spread, target_scale)
+            if self._smoothed_target and store.smoothing is not None:
+                location = store.smoothing.base(row)
             self._targets.frame_forecast(events, e, level, location, spread)
             flags |= FORECAST_MODE | HAS_NAIVE | (COLD_SCALE if step_spread is None else 0)
             self._forecaster.wait(ref, e)

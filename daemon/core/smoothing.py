@@ -6,11 +6,18 @@ its own running statistics loses the scale that relates it to the target. These 
 forecasts a statistician would make, already as changes from the key's current value in the
 units its target is scaled by (the spread of its steps), so "output this feature" is one weight:
 
-* for each seasonal lag slot m: the seasonal naive change, lag_m − y_t;
+* for each seasonal lag slot m: the seasonal naive change, lag_m − y_t, and the change one season
+  back, lag_m − the value before it (at m = 364 or 365: what last year's holiday did);
 * seasonal naive with smoothed growth: lag_1 + g − y_t, where g is an exponentially smoothed
   mean of the key's seasonal differences y_t − y_{t−m} (rate GROWTH_RATE);
 * two smoothed levels minus the value (rates FAST_RATE, SLOW_RATE): how far the value strayed;
 * the smoothed step (rate DRIFT_RATE): the key's recent drift.
+
+Of five of these forecasts (naive, seasonal naive, seasonal naive with growth, the fast level, the
+naive with drift) each key keeps the one whose recent absolute errors are lowest (an EWMA at
+CHOICE_RATE) as its *base*: with `stream.target_scaling = "smoothed"` the model learns the next
+value's difference from it, so what it corrects is the key's best cheap forecast, not its last
+value (the M4 winner's hybrid, ES-RNN, corrected exponential smoothing the same way).
 
 They skip the learner's feature normalisation (`prescaled` columns), are computed from the key's
 values up to its event only, and cost five float64 numbers of state per key and target.
@@ -29,11 +36,22 @@ FAST_RATE = 0.5
 SLOW_RATE = 0.1
 DRIFT_RATE = 0.1
 GROWTH_RATE = 0.1
+CHOICE_RATE = 0.1
+# A key's base stays the naive forecast until the candidates have this many errors each.
+CHOICE_AFTER = 3
+CANDIDATES = 5
 # Per key and target: fast level, slow level, drift, growth, last value, last lag_1 (for growth),
-# values seen.
-_STATE = ("fast", "slow", "drift", "growth", "last", "last_lag")
-# The features beyond the seasonal naive changes.
-_NAMES = ("smooth_seasonal_growth", "smooth_fast_level", "smooth_slow_level", "smooth_drift")
+# then the candidates' last forecasts and their error EWMAs.
+_FIELDS = 6 + 2 * CANDIDATES
+# The features beyond the seasonal ones.
+_NAMES = (
+    "smooth_seasonal_growth",
+    "smooth_fast_level",
+    "smooth_slow_level",
+    "smooth_drift",
+    "smooth_last_step",
+    "smooth_base",
+)
 
 
 def smoothing_for(settings: Settings, slots: int, capacity: int) -> SmoothedFeatures | None:
@@ -49,22 +67,22 @@ class SmoothedFeatures:
     Attributes:
         slots: Seasonal lag slots the derived features carry (each gives a seasonal naive).
         n_targets: Values per observed target.
-        width: Features per event: (slots + 4) × n_targets, target-major.
+        width: Features per event: (2 × slots + 6) × n_targets, target-major.
         names: One name per feature.
     """
 
     def __init__(self, slots: int, n_targets: int, capacity: int) -> None:
         self.slots = slots
         self.n_targets = n_targets
-        self.per_target = slots + len(_NAMES)
+        self.per_target = 2 * slots + len(_NAMES)
         self.width = self.per_target * n_targets
-        self.names = [
-            f"{name}[{t}]"
-            for t in range(n_targets)
-            for name in [f"smooth_seasonal_naive{s + 1}" for s in range(slots)] + list(_NAMES)
-        ]
+        seasonal = [f"smooth_seasonal_naive{s + 1}" for s in range(slots)]
+        seasonal += [f"smooth_seasonal_step{s + 1}" for s in range(slots)]
+        self.names = [f"{name}[{t}]" for t in range(n_targets) for name in seasonal + list(_NAMES)]
         self.capacity = 0
-        self._state = pages.zeros((0, len(_STATE), n_targets), np.float64)
+        # Per key and target: the smoothing state, each candidate's last forecast, and each
+        # candidate's error EWMA (target-major: one target's numbers are contiguous).
+        self._state = pages.zeros((0, n_targets, _FIELDS), np.float64)
         self._count = pages.zeros((0,), np.int64)
         self.grow(capacity)
 
@@ -84,42 +102,78 @@ class SmoothedFeatures:
         row: int,
         value: np.ndarray,
         lags: np.ndarray | None,
+        steps: np.ndarray | None,
         season: int,
         out: np.ndarray,
     ) -> None:
         """Fold a key's new value in; write its features, in target units × spread, to `out`.
+
+        Runs once per event: Python floats and one array write per target, not dozens of numpy
+        calls on one-element arrays.
 
         Args:
             row: The key's row.
             value: The event's target value(s), [n_targets].
             lags: The key's seasonal lags for forecasting its next value, [slots, n_targets]
                 (the derived features' lag columns), or None without seasonal lags.
+            steps: Each lag minus the value before it, [slots, n_targets], then the key's last
+                step, [n_targets] (the derived features' step columns); None without lags.
             season: m of the first lag slot (0: none yet): a seasonal difference needs m
                 values before this one.
             out: [width] to fill: changes from `value`, still in target units (the caller
                 divides them by the spread the target is scaled with).
         """
-        state, count = self._state[row], int(self._count[row])
-        fast, slow, drift, growth, last, last_lag = state  # views of the row: [n_targets] each
-        if count == 0:
-            fast[:], slow[:] = value, value
-        else:
-            drift += DRIFT_RATE * ((value - last) - drift)
-            fast += FAST_RATE * (value - fast)
-            slow += SLOW_RATE * (value - slow)
-            if lags is not None and 0 < season <= count:  # last_lag was the value m back
-                growth += GROWTH_RATE * ((value - last_lag) - growth)
-        last[:] = value
-        first_lag = value if lags is None else lags[0]
-        last_lag[:] = first_lag
+        count = int(self._count[row])
         self._count[row] = count + 1
-        laid = out.reshape(self.n_targets, self.per_target)
-        if lags is not None:
-            laid[:, : self.slots] = (lags - value).T
-        laid[:, self.slots] = first_lag + growth - value
-        laid[:, self.slots + 1] = fast - value
-        laid[:, self.slots + 2] = slow - value
-        laid[:, self.slots + 3] = drift
+        seasonal = lags is not None and steps is not None
+        growing = seasonal and 0 < season <= count  # the last lag_1 was the value m back
+        per = self.per_target
+        for t in range(self.n_targets):
+            y = float(value[t])
+            state = self._state[row, t].tolist()
+            fast, slow, drift, growth, last, last_lag = state[:6]
+            if count == 0:
+                fast = slow = y
+            else:
+                drift += DRIFT_RATE * ((y - last) - drift)
+                fast += FAST_RATE * (y - fast)
+                slow += SLOW_RATE * (y - slow)
+                if growing:
+                    growth += GROWTH_RATE * ((y - last_lag) - growth)
+                for c in range(CANDIDATES):  # how far each candidate's forecast of y was off
+                    error = abs(y - state[6 + c])
+                    state[11 + c] += CHOICE_RATE * (error - state[11 + c])
+            if seasonal:
+                assert lags is not None and steps is not None
+                lag_values = lags[:, t].tolist()
+                features = [lag - y for lag in lag_values] + steps[: self.slots, t].tolist()
+                last_step = float(steps[self.slots, t])
+                first_lag = lag_values[0]
+            else:
+                features = []
+                last_step = 0.0 if count == 0 else y - last
+                first_lag = y
+            candidates = [y, first_lag, first_lag + growth, fast, y + drift]
+            errors = state[11:16]
+            best = 0 if count + 1 <= CHOICE_AFTER else errors.index(min(errors))
+            features += [
+                first_lag + growth - y,
+                fast - y,
+                slow - y,
+                drift,
+                last_step,
+                candidates[best] - y,
+            ]
+            out[t * per : (t + 1) * per] = features
+            self._state[row, t] = [fast, slow, drift, growth, y, first_lag, *candidates, *errors]
+
+    def base(self, row: int) -> np.ndarray:
+        """Return the key's base forecast of its next value, [n_targets] (after `observe_into`)."""
+        state = self._state[row]  # [n_targets, fields]
+        if int(self._count[row]) <= CHOICE_AFTER:
+            return state[:, 6].copy()
+        best = np.argmin(state[:, 11:16], axis=1)
+        return state[np.arange(self.n_targets), 6 + best]
 
     # ---- snapshots ----------------------------------------------------------------------
 

@@ -149,7 +149,12 @@ def test_keys_100x_apart_get_predictions_100x_apart():
 def test_supervised_prediction_is_the_forward_pass_before_the_update():
     # Without derived features the model's inputs are the event's features, built by hand here.
     settings = _settings(
-        batch_size=1, window=2, learning_rate=0.5, seasons=(), derived_calendar=False
+        batch_size=1,
+        window=2,
+        learning_rate=0.5,
+        seasons=(),
+        derived_calendar=False,
+        derived_smoothing=False,
     )
     learner, model = _learner(settings)
     before = model.get_weights()
