@@ -156,9 +156,13 @@ def import_store(
     if intervals is not None:
         intervals.put(rows, arrays)
     if smoothing is not None:
-        if "smooth_state" not in arrays or "smooth_count" not in arrays:
-            raise ValueError("the state holds no smoothed features: saved with other settings")
-        smoothing.put(rows, {"state": arrays["smooth_state"], "count": arrays["smooth_count"]})
+        saved = {k[len("smooth_") :]: v for k, v in arrays.items() if k.startswith("smooth_")}
+        try:
+            smoothing.put(rows, saved)
+        except KeyError:
+            raise ValueError(
+                "the state holds no smoothed features: saved with other settings"
+            ) from None
     _import_events(store, arrays, n, now)
     waits = {}
     for name in ("ready", "full"):

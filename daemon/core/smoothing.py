@@ -11,16 +11,22 @@ units its target is scaled by (the spread of its steps), so "output this feature
 * seasonal naive with smoothed growth: lag_1 + g − y_t, where g is an exponentially smoothed
   mean of the key's seasonal differences y_t − y_{t−m} (rate GROWTH_RATE);
 * two smoothed levels minus the value (rates FAST_RATE, SLOW_RATE): how far the value strayed;
-* the smoothed step (rate DRIFT_RATE): the key's recent drift.
+* the smoothed step (rate DRIFT_RATE): the key's recent drift;
+* the seasonal step profile: per phase of the key's first season, an exponentially smoothed mean
+  of the steps into that phase over past seasons (rate PROFILE_RATE), read for the next value's
+  phase: last season's step (above) is one noisy week, the profile is many (Holt-Winters'
+  seasonal indices, on the key's changes).
 
-Of five of these forecasts (naive, seasonal naive, seasonal naive with growth, the fast level, the
-naive with drift) each key keeps the one whose recent absolute errors are lowest (an EWMA at
-CHOICE_RATE) as its *base*: with `stream.target_scaling = "smoothed"` the model learns the next
-value's difference from it, so what it corrects is the key's best cheap forecast, not its last
-value (the M4 winner's hybrid, ES-RNN, corrected exponential smoothing the same way).
+Of six of these forecasts (naive, seasonal naive, seasonal naive with growth, the fast level, the
+naive with drift, the value plus its profile step) each key keeps the one whose recent absolute
+errors are lowest (an EWMA at CHOICE_RATE) as its *base*: with `stream.target_scaling =
+"smoothed"` the model learns the next value's difference from it, so what it corrects is the
+key's best cheap forecast, not its last value (the M4 winner's hybrid, ES-RNN, corrected
+exponential smoothing the same way).
 
 They skip the learner's feature normalisation (`prescaled` columns), are computed from the key's
-values up to its event only, and cost five float64 numbers of state per key and target.
+values up to its event only, and cost 18 float64 and 52 float32 numbers of state per key and
+target (about 350 bytes).
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ SLOW_RATE = 0.1
 DRIFT_RATE = 0.1
 GROWTH_RATE = 0.1
 CHOICE_RATE = 0.1
+PROFILE_RATE = 0.1
+# The longest season a profile holds (a year of weeks); longer first seasons keep no profile.
+MAX_PROFILE = 52
 # A key's base stays the naive forecast until the candidates have this many errors each.
 CHOICE_AFTER = 3
-CANDIDATES = 5
+CANDIDATES = 6
 # Per key and target: fast level, slow level, drift, growth, last value, last lag_1 (for growth),
 # then the candidates' last forecasts and their error EWMAs.
 _FIELDS = 6 + 2 * CANDIDATES
@@ -50,6 +59,7 @@ _NAMES = (
     "smooth_slow_level",
     "smooth_drift",
     "smooth_last_step",
+    "smooth_profile_step",
     "smooth_base",
 )
 
@@ -67,7 +77,7 @@ class SmoothedFeatures:
     Attributes:
         slots: Seasonal lag slots the derived features carry (each gives a seasonal naive).
         n_targets: Values per observed target.
-        width: Features per event: (2 × slots + 6) × n_targets, target-major.
+        width: Features per event: (2 × slots + 7) × n_targets, target-major.
         names: One name per feature.
     """
 
@@ -84,18 +94,24 @@ class SmoothedFeatures:
         # candidate's error EWMA (target-major: one target's numbers are contiguous).
         self._state = pages.zeros((0, n_targets, _FIELDS), np.float64)
         self._count = pages.zeros((0,), np.int64)
+        # Per key and target the step profile of its first season (float32: a smoothed mean of
+        # steps needs no more), and the season it was built for (0: none).
+        self._profile = pages.zeros((0, n_targets, MAX_PROFILE), np.float32)
+        self._profile_season = pages.zeros((0,), np.int64)
         self.grow(capacity)
 
     def grow(self, capacity: int) -> None:
         """Hold `capacity` rows: rows below the old capacity are kept, new rows are cleared."""
-        self._state = pages.grown(self._state[: self.capacity], capacity)
-        self._count = pages.grown(self._count[: self.capacity], capacity)
+        for name in ("_state", "_count", "_profile", "_profile_season"):
+            setattr(self, name, pages.grown(getattr(self, name)[: self.capacity], capacity))
         self.capacity = capacity
 
     def clear_row(self, row: int) -> None:
         """Forget a row (a new key, or a key dropped from the store)."""
         self._state[row] = 0.0
         self._count[row] = 0
+        self._profile[row] = 0.0
+        self._profile_season[row] = 0
 
     def observe_into(
         self,
@@ -125,6 +141,7 @@ class SmoothedFeatures:
         """
         count = int(self._count[row])
         self._count[row] = count + 1
+        profile = self._profile_of(row, season)
         seasonal = lags is not None and steps is not None
         growing = seasonal and 0 < season <= count  # the last lag_1 was the value m back
         per = self.per_target
@@ -132,9 +149,14 @@ class SmoothedFeatures:
             y = float(value[t])
             state = self._state[row, t].tolist()
             fast, slow, drift, growth, last, last_lag = state[:6]
+            profile_step = 0.0
             if count == 0:
                 fast = slow = y
             else:
+                if profile is not None:  # the step into this value's phase; then the next's
+                    step_now = profile[t, count % season]
+                    profile[t, count % season] = step_now + PROFILE_RATE * ((y - last) - step_now)
+                    profile_step = float(profile[t, (count + 1) % season])
                 drift += DRIFT_RATE * ((y - last) - drift)
                 fast += FAST_RATE * (y - fast)
                 slow += SLOW_RATE * (y - slow)
@@ -142,7 +164,8 @@ class SmoothedFeatures:
                     growth += GROWTH_RATE * ((y - last_lag) - growth)
                 for c in range(CANDIDATES):  # how far each candidate's forecast of y was off
                     error = abs(y - state[6 + c])
-                    state[11 + c] += CHOICE_RATE * (error - state[11 + c])
+                    e = 6 + CANDIDATES + c
+                    state[e] += CHOICE_RATE * (error - state[e])
             if seasonal:
                 assert lags is not None and steps is not None
                 lag_values = lags[:, t].tolist()
@@ -153,8 +176,8 @@ class SmoothedFeatures:
                 features = []
                 last_step = 0.0 if count == 0 else y - last
                 first_lag = y
-            candidates = [y, first_lag, first_lag + growth, fast, y + drift]
-            errors = state[11:16]
+            candidates = [y, first_lag, first_lag + growth, fast, y + drift, y + profile_step]
+            errors = state[6 + CANDIDATES : 6 + 2 * CANDIDATES]
             best = 0 if count + 1 <= CHOICE_AFTER else errors.index(min(errors))
             features += [
                 first_lag + growth - y,
@@ -162,6 +185,7 @@ class SmoothedFeatures:
                 slow - y,
                 drift,
                 last_step,
+                profile_step,
                 candidates[best] - y,
             ]
             out[t * per : (t + 1) * per] = features
@@ -172,14 +196,31 @@ class SmoothedFeatures:
         state = self._state[row]  # [n_targets, fields]
         if int(self._count[row]) <= CHOICE_AFTER:
             return state[:, 6].copy()
-        best = np.argmin(state[:, 11:16], axis=1)
+        best = np.argmin(state[:, 6 + CANDIDATES :], axis=1)
         return state[np.arange(self.n_targets), 6 + best]
+
+    def _profile_of(self, row: int, season: int) -> np.ndarray | None:
+        """Return the row's step profile for `season` ([n_targets, MAX_PROFILE]), or None.
+
+        A key whose first season changes (its cadence was still being learnt) starts afresh.
+        """
+        if not 1 < season <= MAX_PROFILE:
+            return None
+        if int(self._profile_season[row]) != season:
+            self._profile[row] = 0.0
+            self._profile_season[row] = season
+        return self._profile[row]
 
     # ---- snapshots ----------------------------------------------------------------------
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Return copies of the given rows' arrays."""
-        return {"state": self._state[rows], "count": self._count[rows]}
+        return {
+            "state": self._state[rows],
+            "count": self._count[rows],
+            "profile": self._profile[rows],
+            "profile_season": self._profile_season[rows],
+        }
 
     def put(self, rows: np.ndarray, arrays: dict[str, Any]) -> None:
         """Write rows taken with `take` into the given rows.
@@ -187,7 +228,12 @@ class SmoothedFeatures:
         Raises:
             ValueError: An array is missing or does not fit these rows.
         """
-        for name, array in (("state", self._state), ("count", self._count)):
+        for name, array in (
+            ("state", self._state),
+            ("count", self._count),
+            ("profile", self._profile),
+            ("profile_season", self._profile_season),
+        ):
             given = np.asarray(arrays[name])
             if given.shape[1:] != array.shape[1:] or len(given) != len(rows):
                 raise ValueError(

@@ -37,7 +37,7 @@ def _observe(smoothing, values, season):
 
 def test_features_by_hand_for_a_seasonal_series():
     smoothing = SmoothedFeatures(slots=1, n_targets=1, capacity=2)
-    assert smoothing.width == 8 and smoothing.names[0] == "smooth_seasonal_naive1[0]"
+    assert smoothing.width == 9 and smoothing.names[0] == "smooth_seasonal_naive1[0]"
     values = [10.0, 20.0, 13.0, 24.0, 15.0]  # season 2, growing by 3-4 a season
     f = _observe(smoothing, values, season=2)
     # Seasonal naive change for the next value: lag_2 - y_t; and the change a season back.
@@ -64,7 +64,7 @@ def test_nothing_but_the_key_own_values_so_far_and_a_cleared_row_starts_over():
     smoothing.clear_row(0)
     again = _observe(smoothing, [5.0, 6.0, 7.0], season=2)
     np.testing.assert_array_equal(first, again)
-    assert first[0].tolist() == [0.0] * 8  # one value: no change to forecast
+    assert first[0].tolist() == [0.0] * 9  # one value: no change to forecast
 
 
 def test_rows_round_trip_through_take_and_put():
@@ -93,8 +93,8 @@ def test_the_base_is_the_candidate_with_the_lowest_recent_errors():
     values = [10.0 + 8.0 * (t % 4 == 0) + 0.5 * t for t in range(40)]  # season 4, a trend
     f = _observe(smoothing, values, season=4)
     # Growth tracks the trend: seasonal naive with growth has the lowest errors.
-    assert f[-1, 7] == pytest.approx(f[-1, 2])
+    assert f[-1, 8] == pytest.approx(f[-1, 2])
     assert smoothing.base(0)[0] == pytest.approx(values[-1] + f[-1, 2])
     flat = SmoothedFeatures(slots=1, n_targets=1, capacity=1)
     f = _observe(flat, [5.0] * 3, season=4)
-    assert flat.base(0)[0] == 5.0 and f[-1, 7] == 0.0  # young: the naive forecast
+    assert flat.base(0)[0] == 5.0 and f[-1, 8] == 0.0  # young: the naive forecast
