@@ -172,19 +172,22 @@ def test_a_csv_is_scored_against_every_anchor_with_mase_and_intervals(tmp_path):
         Settings(model=ModelSettings(batch_size=2, window=4)),
         data,
         out_dir=tmp_path / "out",
-        models=["lstmd", "seasonal_naive", "autoets", "lightgbm"],
+        models=["lstmd", "seasonal_naive", "autoets", "autoets_calibrated", "lightgbm"],
         plots=False,
         out=io.StringIO(),
         model_factory=_toy,
     )
     assert report.season == 7
     names = [r.name for r in report.results]
-    assert names == ["lstmd", "seasonal_naive", "autoets", "lightgbm"]
+    assert names == ["lstmd", "seasonal_naive", "autoets", "autoets_calibrated", "lightgbm"]
+    own, calibrated = report.result("autoets"), report.result("autoets_calibrated")
+    assert own.overall == calibrated.overall  # one fit, two calibrations
+    assert own.coverage != calibrated.coverage
     assert report.result("seasonal_naive").mase == pytest.approx(1.0)
     # A weekly pattern with a trend and noise: AutoETS beats seasonal naive.
     assert report.result("autoets").mase < 1
     assert report.result("lightgbm").extra["refits"] > 0
-    for name in ("lstmd", "autoets", "lightgbm"):
+    for name in ("lstmd", "autoets", "autoets_calibrated", "lightgbm"):
         result = report.result(name)
         assert set(result.coverage) == {0.8, 0.95}
         assert 0 < result.coverage[0.8] <= result.coverage[0.95] <= 1
