@@ -157,6 +157,18 @@ def render_markdown(report: EvaluationReport) -> str:
     if any(r.coverage for r in report.results):
         lines += ["", "## Prediction intervals", "", _interval_table(report)]
     lines += ["", _throughput_note(report), ""]
+    fitted = [r for r in report.results if "refits" in r.extra]
+    if fitted:
+        lines += [
+            "Refits: "
+            + "; ".join(
+                f"{r.name} {r.extra['refits']:,} fits in {r.extra['fit_seconds']:.0f} s of its "
+                f"{r.seconds:.0f} s"
+                for r in fitted
+            )
+            + ".",
+            "",
+        ]
     if report.horizon > 1:
         lines += ["## MAE per step ahead", "", _per_step_table(report), ""]
     for name, title in (("rolling", "rolling MAE"), ("forecasts", "forecasts vs truth")):
