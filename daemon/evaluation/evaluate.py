@@ -295,10 +295,14 @@ def _describe(settings: Settings) -> str:
         derived.append("lags and steps auto")
     elif seasons:
         derived.append("lags and steps " + "/".join(map(str, seasons)))
+    if getattr(s, "derived_smoothing", False):
+        derived.append("smoothed")
+    levels = settings.intervals.levels
     text = (
         f"T {m.window}, {m.layers}x{m.units}, {m.loss} loss, lr {m.learning_rate:g}, "
         f"B {m.batch_size}, "
         f"{s.target_scaling} target, derived: {' + '.join(derived) or 'none'}"
+        + (f"; intervals {'/'.join(f'{v:g}' for v in levels)}" if levels else "")
     )
     return text + (f", H {horizon_of(settings)}" if horizon_of(settings) > 1 else "")
 
