@@ -78,10 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate",
         help="prequential forecast quality against baselines, on a built-in data set or a CSV",
         description="Replay a data set through the learner (no Kafka) and score it, "
-        "prequentially, against naive, seasonal naive and River SNARIMAX forecasts (plain and "
-        "seasonal) on the same events. Built-in sets: birthdays, elecdemand, us_employment, "
-        "nyc_weather, or `all` (writes reports/ and reports/summary.md); or any CSV file with "
-        "--csv --key --ts --features. Needs the `eval` extra (pip install 'lstmd[eval]').",
+        "prequentially, against naive, seasonal naive, River SNARIMAX (plain and seasonal) and "
+        "the anchors a data scientist would deploy (statsforecast AutoETS per key, a global "
+        "LightGBM), all refit on a schedule, on the same events, with MASE and the coverage "
+        "and interval score of every model's intervals. Built-in sets: birthdays, elecdemand, "
+        "us_employment, nyc_weather, m3_monthly, chicago, or `all` (writes reports/ and "
+        "reports/summary.md); or any CSV file with --csv --key --ts --features. Needs the "
+        "`eval` extra (pip install 'lstmd[eval]').",
     )
     evaluate.add_argument(
         "--dataset", default="birthdays", help="a built-in data set, or all (default birthdays)"
@@ -102,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         "--models",
         type=_columns,
         help="comma-separated subset of lstmd, lstmd_handbuilt, lstmd_stateless, naive, "
-        "seasonal_naive, snarimax, snarimax_seasonal, snarimax_seasonal_clipped "
+        "seasonal_naive, snarimax, snarimax_seasonal, snarimax_seasonal_clipped, autoets, "
+        "autoets_calibrated, lightgbm "
         "(default: all but lstmd_stateless)",
     )
     evaluate.add_argument("--snarimax-lr", type=float, default=0.001)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from daemon.core.scaling import CLIP_SIGMAS
 from daemon.core.store import KeyStateStore
 
 # One deferred event: its store, its key's row there, its event id, and its raw inputs.
@@ -71,4 +72,6 @@ def _normalise_group(group: list[Deferred]) -> None:
     rows = np.array([item[1] for item in group], np.int64)
     values = np.stack([item[3] for item in group])
     z = store.feature_stats.fold_normalise_rows(rows, values)
+    if store.prescaled:  # already in target units (the smoothed features): clipped only
+        z[:, -store.prescaled :] = np.clip(values[:, -store.prescaled :], -CLIP_SIGMAS, CLIP_SIGMAS)
     store.events.x[[item[2] for item in group]] = z

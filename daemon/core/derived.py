@@ -232,6 +232,14 @@ class DerivedFeatures:
             self._lags[row] = 0
             self._lags[row, : len(seasons)] = seasons
 
+    def lag_offset(self) -> int:
+        """Return where the lag columns start in the derived features ([slots, n_targets])."""
+        return len(CALENDAR_NAMES) if self.calendar else 0
+
+    def first_season(self, row: int) -> int:
+        """Return the season of the row's first lag slot (0: none yet)."""
+        return int(self._lags[row, 0]) if self.slots else 0
+
     def cadence(self, row: int) -> float:
         """Return the row's cadence in seconds (0 until it has two events at distinct times)."""
         return float(self._cadence[row])
@@ -377,7 +385,15 @@ def derived_for(settings: Settings, capacity: int) -> DerivedFeatures | None:
 
 
 def input_names(settings: Settings) -> list[str]:
-    """Return the names of the model's inputs: the event's features, then the derived ones."""
+    """Return the names of the model's inputs: the event's features, the derived ones, then the
+    smoothed ones (`daemon.core.smoothing`)."""
+    from daemon.core.smoothing import smoothing_for
+
     derived = derived_for(settings, 0)
     raw = [f"feature[{i}]" for i in range(settings.model.n_features)]
-    return raw + ([] if derived is None else derived.names)
+    smoothing = smoothing_for(settings, 0 if derived is None else derived.slots, 0)
+    return (
+        raw
+        + ([] if derived is None else derived.names)
+        + ([] if smoothing is None else smoothing.names)
+    )

@@ -35,19 +35,61 @@ class EventScaling:
             level: The event's target features, `event.features[target_index]` (the caller
                 has them already).
         """
-        derived = store.derived
-        if derived is None:
+        derived, smoothing = store.derived, store.smoothing
+        if derived is None and smoothing is None:
             return event.features
         size = len(event.features)
-        out = np.empty(size + derived.width, np.float64)
+        width = 0 if derived is None else derived.width
+        out = np.empty(size + width + store.prescaled, np.float64)
         out[:size] = event.features
-        if event.target is None:
-            derived.observe(row, event.ts, level)
-            derived.derive_into(row, out, size)
-        else:
-            derived.derive_into(row, out, size, event.ts - derived.cadence(row))
-            derived.observe(row, event.ts, event.target)
+        if derived is not None:
+            if event.target is None:
+                derived.observe(row, event.ts, level)
+                derived.derive_into(row, out, size)
+            else:
+                derived.derive_into(row, out, size, event.ts - derived.cadence(row))
+                derived.observe(row, event.ts, event.target)
+        if smoothing is not None:
+            tail = out[size + width :]
+            if event.target is None:
+                self._smooth(store, row, level, out[size:], tail)
+            else:
+                tail[:] = 0.0  # forecasts of the next value: not a supervised event's
         return out
+
+    def _smooth(
+        self,
+        store: KeyStateStore,
+        row: int,
+        level: np.ndarray,
+        derived: np.ndarray,
+        out: np.ndarray,
+    ) -> None:
+        """Fold the event into its key's smoothing; write the smoothed features to `out`."""
+        smoothing, lags_of = store.smoothing, store.derived
+        assert smoothing is not None  # the caller checked
+        if lags_of is None or not lags_of.slots:
+            smoothing.observe_into(row, level, None, None, 0, out)
+            return
+        n = len(level)
+        start = lags_of.lag_offset()
+        end = start + smoothing.slots * n
+        lags = derived[start:end].reshape(smoothing.slots, n)
+        steps = derived[end : end + (smoothing.slots + 1) * n].reshape(smoothing.slots + 1, n)
+        smoothing.observe_into(row, level, lags, steps, lags_of.first_season(row), out)
+
+    def prescale(self, features: np.ndarray, count: int, spread: np.ndarray | None) -> None:
+        """Divide the last `count` inputs (changes in target units) by the target's spread.
+
+        Without a spread of the key's steps yet (its first events) they are 0: a change in
+        unknown units says nothing.
+        """
+        tail = features[len(features) - count :]
+        if spread is None:
+            tail[:] = 0.0
+            return
+        n = len(spread)
+        tail.reshape(n, -1)[...] /= spread[:, None]
 
     def step_spread(
         self, store: KeyStateStore, row: int, level: np.ndarray, starts_sequence: bool

@@ -31,11 +31,21 @@ from daemon.core.derived import DerivedFeatures, derived_for, input_names
 from daemon.core.events import Event, Reason, Rejection
 from daemon.core.featurize import EventScaling
 from daemon.core.forecasts import Forecaster, KeyRef
+from daemon.core.intervals import IntervalCalibrator
 from daemon.core.outbox import Outbox
-from daemon.core.pending import ANSWERED, FORECAST_MODE, HAS_NAIVE, HAS_Y, NO_EVENT, STARTS_SEQUENCE
-from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.pending import (
+    ANSWERED,
+    COLD_SCALE,
+    FORECAST_MODE,
+    HAS_NAIVE,
+    HAS_Y,
+    NO_EVENT,
+    STARTS_SEQUENCE,
+)
+from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.records import Prediction
+from daemon.core.smoothing import SmoothedFeatures, smoothing_for
 from daemon.core.store import KeyStateStore, ResetReason, reset_reason
 from daemon.core.targets import TargetAssembly
 from daemon.core.train_step import StepModel, Trainer, TrainStepFailed
@@ -75,6 +85,7 @@ class OnlineLearner:
     trained_events = _OfTrainer[int]()  # timesteps trained on: each accepted event at most once
     prequential = _OfTrainer[Prequential]()  # since start: the demo's, the report's
     rolling = _OfTrainer[RollingPrequential]()
+    interval_scores = _OfTrainer[IntervalScores]()  # coverage and interval score per level
     nonfinite_losses = _OfTrainer[int]()
     consecutive_nonfinite = _OfTrainer[int]()
     nonfinite_offsets = _OfTrainer[list[tuple[int, int]]]()  # the runner logs and clears it
@@ -102,6 +113,7 @@ class OnlineLearner:
         self.target_width = self.n_targets * self.horizon
         self._target_index = np.array(settings.model.target_index, dtype=np.int64)
         self._scaling = EventScaling(settings)
+        self._smoothed_target = settings.stream.target_scaling == "smoothed"
         self._stores: dict[int, KeyStateStore] = {}
         self._deferred = DeferredInputs()  # inputs normalised later, in rounds over keys
         self._outbox = Outbox(settings.stream.normalise, self.n_targets, self.horizon)
@@ -136,6 +148,8 @@ class OnlineLearner:
             self.n_targets,
             derived=self.new_derived(),
             horizon=self.horizon,
+            intervals=self.new_intervals(),
+            smoothing=self.new_smoothing(),
         )
 
     def _store_for(self, partition: int) -> KeyStateStore:
@@ -148,6 +162,18 @@ class OnlineLearner:
     def new_derived(self) -> DerivedFeatures | None:
         """Return empty derived-feature columns for a new store (None when none are derived)."""
         return derived_for(self._settings, 0)
+
+    def new_smoothing(self) -> SmoothedFeatures | None:
+        """Return empty smoothed-feature state for a new store (None when off)."""
+        derived = derived_for(self._settings, 0)
+        return smoothing_for(self._settings, 0 if derived is None else derived.slots, 0)
+
+    def new_intervals(self) -> IntervalCalibrator | None:
+        """Return empty interval trackers for a new store (None when no levels are set)."""
+        config = self._settings.intervals
+        if not config.levels:
+            return None
+        return IntervalCalibrator(config.levels, self.target_width, config.rate, config.warmup)
 
     def keys_in_store(self) -> int:
         """Return how many keys all stores hold."""
@@ -238,6 +264,8 @@ class OnlineLearner:
         step_spread = (
             self._scaling.step_spread(store, row, level, starts_sequence) if forecast else None
         )
+        if store.prescaled:
+            self._scaling.prescale(features, store.prescaled, step_spread)
         if not starts_sequence:
             self._targets.fill(store, ref, level)
         events = store.events
@@ -249,12 +277,16 @@ class OnlineLearner:
         flags = STARTS_SEQUENCE if starts_sequence else 0
         if forecast:
             location, spread = self._scaling.forecast_target(level, step_spread, target_scale)
+            if self._smoothed_target and store.smoothing is not None:
+                location = store.smoothing.base(row)
             self._targets.frame_forecast(events, e, level, location, spread)
-            flags |= FORECAST_MODE | HAS_NAIVE
+            flags |= FORECAST_MODE | HAS_NAIVE | (COLD_SCALE if step_spread is None else 0)
             self._forecaster.wait(ref, e)
         else:
             scale = self._scaling.supervised_target(store, row)
             flags |= self._targets.frame_supervised(store, row, e, *scale)
+            stats = store.target_stats
+            flags |= COLD_SCALE if not stats.allocated or stats.count[row] < 2 else 0
         events.flags[e] = flags
         store.append(row, e)
         if event.target is not None:

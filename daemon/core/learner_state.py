@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from daemon.core.derived import DerivedFeatures
+from daemon.core.intervals import IntervalCalibrator
 from daemon.core.learner import KeyRef, OnlineLearner
 from daemon.core.pending import HAS_Y, NO_EVENT
+from daemon.core.smoothing import SmoothedFeatures
 from daemon.core.store import KeyStateStore
 
 Arrays = dict[str, np.ndarray]
@@ -61,6 +63,10 @@ def export_store(store: KeyStateStore, ranks: dict[str, dict[int, int]]) -> tupl
         arrays.update({f"{prefix}_count": count, f"{prefix}_mean": mean, f"{prefix}_m2": m2})
     if store.derived is not None:
         arrays.update({f"derived_{k}": v for k, v in store.derived.take(rows).items()})
+    if store.intervals is not None:
+        arrays.update(store.intervals.take(rows))
+    if store.smoothing is not None:
+        arrays.update({f"smooth_{k}": v for k, v in store.smoothing.take(rows).items()})
     for name, rank in ranks.items():
         arrays[f"{name}_rank"] = np.array([rank.get(r, -1) for r in rows.tolist()], np.int64)
     owners: list[int] = []
@@ -74,6 +80,7 @@ def export_store(store: KeyStateStore, ranks: dict[str, dict[int, int]]) -> tupl
     arrays["ev_key"] = np.array(owners, np.int64)
     for name in _EVENT_COLUMNS:
         arrays[f"ev_{name}"] = getattr(events, name)[ev]
+    arrays["ev_bounds"] = events.bounds[ev]
     keys = [store.keys[r] for r in rows.tolist()]
     return arrays, {"partition": store.partition, "keys": keys}
 
@@ -88,6 +95,8 @@ def import_store(
     now: float,
     derived: DerivedFeatures | None = None,
     horizon: int = 1,
+    intervals: IntervalCalibrator | None = None,
+    smoothing: SmoothedFeatures | None = None,
 ) -> tuple[KeyStateStore, dict[str, list[tuple[int, int]]]]:
     """Rebuild a store from `export_store`'s output.
 
@@ -95,6 +104,9 @@ def import_store(
         derived: empty derived-feature columns when the settings derive features (the saved
             ones are loaded into them), else None.
         horizon: H of the model; pending events' target columns are n_targets × H wide.
+        intervals: empty interval trackers when the settings ask for intervals; the saved ones
+            are loaded into them when they were made with the same levels (a state saved
+            without them, or with other levels, leaves them to start afresh).
 
     Returns:
         The store and, per wait list ("ready", "full"), [(position, row)] of its keys.
@@ -108,7 +120,16 @@ def import_store(
     while capacity < n:
         capacity *= 2
     store = KeyStateStore(
-        int(meta["partition"]), layers, units, n_inputs, n_targets, capacity, derived, horizon
+        int(meta["partition"]),
+        layers,
+        units,
+        n_inputs,
+        n_targets,
+        capacity,
+        derived,
+        horizon,
+        intervals,
+        smoothing,
     )
     if arrays["states"].shape != (n, layers, 2, units):
         raise ValueError(f"states have shape {arrays['states'].shape}, expected {n} keys")
@@ -132,6 +153,16 @@ def import_store(
     if derived is not None:
         saved = {k[len("derived_") :]: v for k, v in arrays.items() if k.startswith("derived_")}
         derived.put(rows, saved)
+    if intervals is not None:
+        intervals.put(rows, arrays)
+    if smoothing is not None:
+        saved = {k[len("smooth_") :]: v for k, v in arrays.items() if k.startswith("smooth_")}
+        try:
+            smoothing.put(rows, saved)
+        except KeyError:
+            raise ValueError(
+                "the state holds no smoothed features: saved with other settings"
+            ) from None
     _import_events(store, arrays, n, now)
     waits = {}
     for name in ("ready", "full"):
@@ -149,6 +180,11 @@ def _import_events(store: KeyStateStore, arrays: Arrays, n_keys: int, now: float
     ids = np.array([events.new() for _ in range(count)], np.int64)
     for name in _EVENT_COLUMNS:
         getattr(events, name)[ids] = arrays[f"ev_{name}"]
+    # The intervals published for pending events only score them; a state saved without them
+    # (or with other levels) leaves them unknown, and those events' intervals go unscored.
+    bounds = arrays.get("ev_bounds")
+    fits = bounds is not None and bounds.shape == (count, events.bounds_width)
+    events.bounds[ids] = bounds if fits else np.nan
     events.received_at[ids] = now
     if not count:
         return
@@ -193,6 +229,14 @@ def export_learner(learner: OnlineLearner) -> tuple[dict[int, tuple[Arrays, dict
     if learner.horizon > 1:
         p = learner.prequential
         meta["prequential_steps"] = [p.step_model_abs, p.step_naive_abs, p.step_count]
+    scores = learner.interval_scores
+    if scores.levels:
+        meta["interval_scores"] = {
+            "levels": list(scores.levels),
+            "covered": scores.covered,
+            "score_sum": scores.score_sum,
+            "count": scores.count,
+        }
     return parts, meta
 
 
@@ -211,6 +255,8 @@ def _import_store_for(
         now,
         learner.new_derived(),
         learner.horizon,
+        learner.new_intervals(),
+        learner.new_smoothing(),
     )
 
 
@@ -244,11 +290,22 @@ def import_learner(
         learner.prequential.step_model_abs = [float(v) for v in steps_model]
         learner.prequential.step_naive_abs = [float(v) for v in steps_naive]
         learner.prequential.step_count = [int(v) for v in steps_count]
+    _import_interval_scores(learner, meta.get("interval_scores"))
     learner.adopt(
         stores,
         ready=[ref for _, ref in sorted(waits["ready"])],
         full=[ref for _, ref in sorted(waits["full"])],
     )
+
+
+def _import_interval_scores(learner: OnlineLearner, saved: dict[str, Any] | None) -> None:
+    """Continue the since-start interval scores (when saved with the same levels)."""
+    scores = learner.interval_scores
+    if not saved or [float(v) for v in saved["levels"]] != list(scores.levels):
+        return
+    scores.covered = [int(v) for v in saved["covered"]]
+    scores.score_sum = [float(v) for v in saved["score_sum"]]
+    scores.count = int(saved["count"])
 
 
 def export_partition(learner: OnlineLearner, partition: int) -> tuple[Arrays, dict]:

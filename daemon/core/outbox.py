@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.core.pending import ANSWERED, FORECAST_MODE
+from daemon.core.pending import ANSWERED, COLD_SCALE, FORECAST_MODE
 from daemon.core.records import Prediction
 from daemon.core.scaling import denormalise
 from daemon.core.store import KeyStateStore
@@ -54,10 +54,31 @@ class Outbox:
         """
         values, flags = self._mark_answered(store, answered, normalised)
         keys = _keys_of(store, rows)
+        bounds = self._intervals(store, rows, answered, values)
         if self._horizon > 1:
             # One list of H values per target in the message (H = 1 keeps today's flat list).
             values = values.reshape(len(answered), self._n_targets, self._horizon)
-        self._records += _records(store, keys, answered, flags, values, step)
+        self._records += _records(store, keys, answered, flags, values, step, bounds)
+
+    def _intervals(
+        self, store: KeyStateStore, rows: list[int], answered: list[int], values: np.ndarray
+    ) -> tuple[tuple[float, ...], np.ndarray | None]:
+        """Return the levels and each event's interval bounds [k, levels, 2, ...], kept on it.
+
+        The bounds' last axes are the prediction's ([n_targets], or [n_targets, H]).
+        """
+        calibrator = store.intervals
+        if calibrator is None:
+            return (), None
+        events = store.events
+        cold = (events.flags[answered] & COLD_SCALE) != 0
+        bounds = calibrator.interval_bounds(
+            np.asarray(rows), values, events.spread[answered], cold
+        )  # [k, 2 × levels, width]
+        events.bounds[answered] = bounds.reshape(len(answered), -1)
+        shape = (self._n_targets,) if self._horizon == 1 else (self._n_targets, self._horizon)
+        laid = bounds.reshape(len(answered), len(calibrator.levels), 2, *shape)
+        return calibrator.levels, laid
 
     def _mark_answered(
         self, store: KeyStateStore, answered: list[int], normalised: np.ndarray
@@ -93,6 +114,7 @@ def _records(
     flags: np.ndarray,
     values: np.ndarray,
     step: int,
+    bounds: tuple[tuple[float, ...], np.ndarray | None] = ((), None),
 ) -> list[Prediction]:
     """Build the records of a store's answered events, in the order given."""
     events, partition, targets = store.events, store.partition, store.events.target
@@ -105,8 +127,10 @@ def _records(
         events.offset[answered].tolist(),
         events.received_at[answered].tolist(),
         values,
+        [None] * len(answered) if bounds[1] is None else bounds[1],
         strict=True,
     )
+    levels = bounds[0]
     # Positional fields (in Prediction's order): one is built per event, and keywords cost a
     # third more.
     return [
@@ -120,6 +144,8 @@ def _records(
             None if mode == "forecast" else targets[e].copy(),
             step,
             received_at,
+            levels,
+            interval,
         )
-        for key, e, mode, ts, offset, received_at, value in columns
+        for key, e, mode, ts, offset, received_at, value, interval in columns
     ]

@@ -20,6 +20,7 @@ HAS_NAIVE = 2  # a naive forecast exists to score the model against
 STARTS_SEQUENCE = 4  # a reset: the event starts a new sequence of its key
 FORECAST_MODE = 8  # no `target` in the event: its target is its successor's features
 ANSWERED = 16  # its prediction was published
+COLD_SCALE = 32  # its target's spread is still its key's level: no step spread yet
 
 NO_EVENT = -1
 # Ids (of events and of store rows) are int32: 2**31 pending events would take ~190 GB, so the
@@ -78,13 +79,21 @@ class PendingEvents:
     """A pool of pending events with per-key linked queues kept by the caller (head, tail)."""
 
     def __init__(
-        self, n_inputs: int, n_targets: int, capacity: int = 256, horizon: int = 1
+        self,
+        n_inputs: int,
+        n_targets: int,
+        capacity: int = 256,
+        horizon: int = 1,
+        n_bounds: int = 0,
     ) -> None:
         self.n_inputs = n_inputs
         self.n_targets = n_targets
         # A forecast holds H values per target: the target columns are n_targets × H wide,
         # laid out target by target (target i, step h at i * H + h - 1).
         self.width = n_targets * horizon
+        # Interval bounds as published (per level its lower and upper, each `width` wide), kept
+        # until the target scores them; 0 wide without intervals.
+        self.bounds_width = n_bounds * self.width
         self.capacity = 0
         self._free = FreeIds()
         self.live = 0
@@ -100,6 +109,7 @@ class PendingEvents:
             "location": ((self.width,), np.float64),  # target normalisation, frozen at
             "spread": ((self.width,), np.float64),  # ingest so that nothing leaks back
             "prediction": ((self.width,), np.float64),  # original units, once answered
+            "bounds": ((self.bounds_width,), np.float64),  # its intervals, once answered
             "ts": ((), np.float64),
             "offset": ((), np.int64),
             "received_at": ((), np.float64),
@@ -117,6 +127,7 @@ class PendingEvents:
         self.location: np.ndarray
         self.spread: np.ndarray
         self.prediction: np.ndarray
+        self.bounds: np.ndarray
         self.ts: np.ndarray
         self.offset: np.ndarray
         self.received_at: np.ndarray

@@ -163,3 +163,69 @@ class Prequential:
 
 def _means(sums: list[float], counts: list[int]) -> list[float]:
     return [a / n if n else float("nan") for a, n in zip(sums, counts, strict=True)]
+
+
+class IntervalScores:
+    """Coverage and interval (Winkler) score of published intervals, per level.
+
+    For level ℓ, miss rate α = 1 − ℓ, bounds [lo, hi] and truth y, the interval score is
+    (hi − lo) + (2/α)(lo − y)·1{y < lo} + (2/α)(y − hi)·1{y > hi} (Gneiting and Raftery 2007):
+    width, plus a penalty for each miss that grows with the miss. Lower is better; it rewards
+    narrow intervals only as long as they cover. Kept since start (sums) and over a rolling
+    window of the most recent scored values (Prometheus, the metrics topic).
+    """
+
+    def __init__(self, levels: tuple[float, ...], window: int) -> None:
+        self.levels = tuple(levels)
+        self.covered = [0] * len(levels)
+        self.score_sum = [0.0] * len(levels)
+        self.count = 0  # scored values (per level: every level scores each value)
+        self.rolling_covered = [RollingMAE(window) for _ in levels]
+        self.rolling_score = [RollingMAE(window) for _ in levels]
+
+    def add(self, bounds: np.ndarray, target: np.ndarray) -> None:
+        """Score events' intervals: bounds [k, 2 × levels × width] (per level lower, upper)."""
+        if not self.levels or not len(target):
+            return
+        known = np.isfinite(bounds).all(axis=1)  # unknown: published before a restore
+        bounds, target = bounds[known], target[known]
+        k, width = target.shape
+        if not k:
+            return
+        laid = bounds.reshape(k, len(self.levels), 2, width)
+        for i, level in enumerate(self.levels):
+            lower, upper = laid[:, i, 0], laid[:, i, 1]
+            hits = (target >= lower) & (target <= upper)
+            alpha = 1.0 - level
+            score = (
+                (upper - lower)
+                + (2 / alpha) * np.maximum(lower - target, 0.0)
+                + (2 / alpha) * np.maximum(target - upper, 0.0)
+            )
+            self.covered[i] += int(hits.sum())
+            self.score_sum[i] += float(score.sum())
+            self.rolling_covered[i].add(hits.ravel().astype(np.float64).tolist())
+            self.rolling_score[i].add(score.ravel().tolist())
+        self.count += target.size
+
+    def coverage(self) -> dict[float, float]:
+        """Return each level's coverage since start (NaN before any scored value)."""
+        return {
+            level: (c / self.count if self.count else math.nan)
+            for level, c in zip(self.levels, self.covered, strict=True)
+        }
+
+    def interval_score(self) -> dict[float, float]:
+        """Return each level's mean interval score since start."""
+        return {
+            level: (s / self.count if self.count else math.nan)
+            for level, s in zip(self.levels, self.score_sum, strict=True)
+        }
+
+    def rolling_coverage(self) -> dict[float, float]:
+        """Return each level's coverage over the rolling window."""
+        return {lv: w.value for lv, w in zip(self.levels, self.rolling_covered, strict=True)}
+
+    def rolling_interval_score(self) -> dict[float, float]:
+        """Return each level's mean interval score over the rolling window."""
+        return {lv: w.value for lv, w in zip(self.levels, self.rolling_score, strict=True)}

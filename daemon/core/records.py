@@ -24,6 +24,10 @@ class Prediction(NamedTuple):
     target: np.ndarray | None
     step: int
     received_at: float
+    # Interval levels, and per level its (lower, upper) bounds shaped like `prediction`:
+    # [levels, 2, n_targets] or [levels, 2, n_targets, H]. None: no intervals.
+    levels: tuple[float, ...] = ()
+    intervals: np.ndarray | None = None
 
 
 def _floats(values: Any) -> list[float | None]:
@@ -58,6 +62,11 @@ def encode_prediction(prediction: Prediction, topic: str) -> bytes:
         "target": None if prediction.target is None else _numbers(prediction.target),
         "model_step": prediction.step,
     }
+    if prediction.intervals is not None:
+        record["intervals"] = [
+            {"level": level, "lower": _numbers(bounds[0]), "upper": _numbers(bounds[1])}
+            for level, bounds in zip(prediction.levels, prediction.intervals, strict=True)
+        ]
     return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

@@ -19,9 +19,11 @@ import numpy as np
 
 from daemon.core import pages
 from daemon.core.derived import DerivedFeatures
+from daemon.core.intervals import IntervalCalibrator
 from daemon.core.keymap import KeyMap
 from daemon.core.pending import ANSWERED, HAS_Y, ID_DTYPE, MAX_IDS, NO_EVENT, FreeIds, PendingEvents
 from daemon.core.scaling import StatsColumns
+from daemon.core.smoothing import SmoothedFeatures
 
 _INITIAL_ROWS = 64
 # Columns of [n_targets] float64 that only one mode reads, so a store of the other mode never
@@ -68,9 +70,16 @@ class KeyStateStore:
         capacity: int = _INITIAL_ROWS,
         derived: DerivedFeatures | None = None,
         horizon: int = 1,
+        intervals: IntervalCalibrator | None = None,
+        smoothing: SmoothedFeatures | None = None,
     ) -> None:
         self.partition = partition
+        self.smoothing = smoothing  # the keys' smoothed forecasts; None when off
+        # The last inputs are already in target units (the smoothed features): they skip the
+        # per-key normalisation.
+        self.prescaled = 0 if smoothing is None else smoothing.width
         self.derived = derived  # the keys' calendar and lag history; None when off
+        self.intervals = intervals  # the keys' interval calibration; None when off
         self.layers, self.units = layers, units
         self.n_inputs, self.n_targets = n_inputs, n_targets
         self.row_of = KeyMap()
@@ -78,7 +87,9 @@ class KeyStateStore:
         self._free_rows = FreeIds()
         self._by_mode: dict[str, np.ndarray] = {}  # _BY_MODE columns, once used
         self.capacity = 0
-        self.events = PendingEvents(n_inputs, n_targets, horizon=horizon)  # H values per target
+        n_bounds = 0 if intervals is None else intervals.bounds
+        # H values per target; with intervals, their published bounds too.
+        self.events = PendingEvents(n_inputs, n_targets, horizon=horizon, n_bounds=n_bounds)
         self.feature_stats = StatsColumns(n_inputs, 0)
         self.target_stats = StatsColumns(n_targets, 0)  # supervised targets
         self.step_stats = StatsColumns(n_targets, 0)  # forecast: steps of the target level
@@ -122,6 +133,10 @@ class KeyStateStore:
             stats.grow(capacity)
         if self.derived is not None:
             self.derived.grow(capacity)
+        if self.intervals is not None:
+            self.intervals.grow(capacity)
+        if self.smoothing is not None:
+            self.smoothing.grow(capacity)
         self._free_rows.add_range(old, capacity)
         self.capacity = capacity
 
@@ -191,6 +206,10 @@ class KeyStateStore:
             stats.clear(row)
         if self.derived is not None:
             self.derived.clear_row(row)
+        if self.intervals is not None:
+            self.intervals.clear(row)
+        if self.smoothing is not None:
+            self.smoothing.clear_row(row)
 
     def remove(self, row: int) -> list[int]:
         """Forget a key; return its pending events (still allocated: the caller releases them)."""

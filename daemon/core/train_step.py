@@ -32,8 +32,8 @@ from daemon.core.batching import (
 from daemon.core.derived import input_names
 from daemon.core.forecasts import Forecaster, InferModel, KeyRef
 from daemon.core.outbox import Outbox
-from daemon.core.pending import HAS_NAIVE
-from daemon.core.prequential import Prequential, RollingPrequential
+from daemon.core.pending import COLD_SCALE, HAS_NAIVE
+from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
 from daemon.core.store import KeyStateStore, ResetReason
 from daemon.settings import Settings
@@ -102,6 +102,10 @@ class Trainer:
         self.trained_events = 0  # timesteps trained on: each accepted event at most once
         self.prequential = Prequential(settings.model.horizon)  # since start: demo's, report's
         self.rolling = RollingPrequential(settings.metrics.prequential_window)
+        # Coverage and interval score of the published intervals (none without levels).
+        self.interval_scores = IntervalScores(
+            settings.intervals.levels, settings.metrics.prequential_window
+        )
         self.nonfinite_losses = 0
         self.consecutive_nonfinite = 0
         # (partition, offset) of the events of non-finite steps; the runner logs and clears it.
@@ -224,12 +228,33 @@ class Trainer:
             self._outbox.publish(store, key_rows, unanswered, outputs, self.step)
         if ok:
             laid = [e for _, _, segment in places for e in segment]
-            scored = [laid[i] for i in np.flatnonzero(events.flags[laid] & HAS_NAIVE)]
+            chosen = np.flatnonzero(events.flags[laid] & HAS_NAIVE)
+            scored = [laid[i] for i in chosen]
             if scored:
                 prediction, naive = events.prediction[scored], events.naive[scored]
                 target = events.target[scored]
                 self.prequential.add(prediction, naive, target)
                 self.rolling.add(prediction, naive, target)
+                if store.intervals is not None:
+                    rows = np.array([row for _, row, segment in places for _ in segment])[chosen]
+                    self._calibrate(store, rows, scored, prediction, target)
+
+    def _calibrate(
+        self,
+        store: KeyStateStore,
+        rows: np.ndarray,
+        scored: list[int],
+        prediction: np.ndarray,
+        target: np.ndarray,
+    ) -> None:
+        """Score the published intervals of scored events, then move the keys' trackers."""
+        calibrator = store.intervals
+        assert calibrator is not None  # the caller checked
+        events = store.events
+        published = events.bounds[scored]
+        cold = (events.flags[scored] & COLD_SCALE) != 0
+        self.interval_scores.add(published, target)
+        calibrator.update(rows, target - prediction, events.spread[scored], cold, published, target)
 
     def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
         """Release a key's events that a train step consumed and requeue the key."""

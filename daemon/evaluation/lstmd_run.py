@@ -71,6 +71,8 @@ class LstmdRun:
         build_seconds: Building the model.
         rejected: Messages the decoder or the learner refused (clean data: 0).
         facts: What the learner reports about itself (steps, resets, its own prequential MAE).
+        lower, upper: Per interval level, [events, H]: the published bounds of the first
+            target (NaN where none).
     """
 
     forecasts: np.ndarray
@@ -78,6 +80,8 @@ class LstmdRun:
     build_seconds: float
     rejected: int
     facts: dict[str, Any] = field(default_factory=dict)
+    lower: dict[float, np.ndarray] = field(default_factory=dict)
+    upper: dict[float, np.ndarray] = field(default_factory=dict)
 
 
 def _learner_facts(learner: OnlineLearner) -> dict[str, Any]:
@@ -94,6 +98,9 @@ def _learner_facts(learner: OnlineLearner) -> dict[str, Any]:
         # Per step ahead h = 1..H, over the events with all H successors (H > 1 differs from
         # the report's step h, which also scores events with only h successors).
         "learner_mae_per_step": learner.prequential.step_maes(),
+        # The learner's own scores of its published intervals (a cross-check of the report's).
+        "learner_interval_coverage": learner.interval_scores.coverage(),
+        "learner_interval_score": learner.interval_scores.interval_score(),
     }
 
 
@@ -126,13 +133,20 @@ def lstmd_forecasts(
     m, stream = settings.model, settings.stream
     horizon = horizon_of(settings)
     forecasts = np.full((len(messages), horizon), np.nan)
+    levels = settings.intervals.levels
+    lower = {level: np.full((len(messages), horizon), np.nan) for level in levels}
+    upper = {level: np.full((len(messages), horizon), np.nan) for level in levels}
     rejected = 0
 
     def collect() -> None:
         for prediction in learner.take_outbox():
-            forecasts[prediction.offset] = first_target_steps(
-                prediction.prediction, m.n_targets, horizon
-            )
+            offset = prediction.offset
+            forecasts[offset] = first_target_steps(prediction.prediction, m.n_targets, horizon)
+            if prediction.intervals is None:
+                continue
+            for level, (low, high) in zip(levels, prediction.intervals, strict=True):
+                lower[level][offset] = first_target_steps(low, m.n_targets, horizon)
+                upper[level][offset] = first_target_steps(high, m.n_targets, horizon)
 
     decoder = EventDecoder(m.n_features, m.n_targets, stream.max_event_bytes)
     started = time.perf_counter()
@@ -146,4 +160,5 @@ def lstmd_forecasts(
     learner.drain()
     collect()
     seconds = time.perf_counter() - started
-    return LstmdRun(forecasts, seconds, build_seconds, rejected, _learner_facts(learner))
+    facts = _learner_facts(learner)
+    return LstmdRun(forecasts, seconds, build_seconds, rejected, facts, lower, upper)

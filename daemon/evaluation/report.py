@@ -27,7 +27,12 @@ class ModelResult:
         seconds: Wall time of its prequential loop.
         events_per_s: Events through that loop per second.
         per_step: Step h at index h-1 (H > 1 only when the lstmd run forecasts a horizon).
-        extra: Facts of the run (lstmd: train steps, resets, the learner's own MAE).
+        extra: Facts of the run (lstmd: train steps, resets, the learner's own MAE; anchors:
+            fit seconds and refits).
+        mase: Mean over keys of the key's MAE over seasonal naive's on the same pairs.
+        coverage, interval_score: Per level, on the pairs where every model with intervals has
+            one (`interval_pairs` of them).
+        coverage_all: Per level, on every pair where this model has an interval.
     """
 
     name: str
@@ -38,6 +43,11 @@ class ModelResult:
     events_per_s: float
     per_step: list[Errors] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    mase: float = math.nan
+    coverage: dict[float, float] = field(default_factory=dict)
+    interval_score: dict[float, float] = field(default_factory=dict)
+    coverage_all: dict[float, float] = field(default_factory=dict)
+    interval_pairs: int = 0
 
     def median_key_mae(self) -> float:
         """Return the median over keys of each key's MAE (NaN without keys)."""
@@ -130,20 +140,35 @@ def render_markdown(report: EvaluationReport) -> str:
         f"and one step ahead. Every model is scored on the same pairs. Season m = "
         f"{report.season} ({report.season_label}).",
         "",
-        "| model | MAE | RMSE | median key's MAE | events/s |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| model | MAE | MASE | RMSE | median key's MAE | events/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in report.results:
         lines.append(
-            f"| {cell(r.description)} | {r.overall.mae:.4g} | {r.overall.rmse:.4g} | "
-            f"{r.median_key_mae():.4g} | {r.events_per_s:,.0f} |"
+            f"| {cell(r.description)} | {r.overall.mae:.4g} | {r.mase:.4g} | "
+            f"{r.overall.rmse:.4g} | {r.median_key_mae():.4g} | {r.events_per_s:,.0f} |"
         )
     lines += [
         "",
-        "The median key's MAE shows what pooled MAE hides: one key where a model diverged "
+        "MASE: per key, the model's MAE over seasonal naive's on the same pairs, averaged over "
+        "keys. The median key's MAE shows what pooled MAE hides: one key where a model diverged "
         "(SNARIMAX's SGD after an outlier) dominates the pooled figure.",
     ]
+    if any(r.coverage for r in report.results):
+        lines += ["", "## Prediction intervals", "", _interval_table(report)]
     lines += ["", _throughput_note(report), ""]
+    fitted = [r for r in report.results if "refits" in r.extra]
+    if fitted:
+        lines += [
+            "Refits: "
+            + "; ".join(
+                f"{r.name} {r.extra['refits']:,} fits in {r.extra['fit_seconds']:.0f} s of its "
+                f"{r.seconds:.0f} s"
+                for r in fitted
+            )
+            + ".",
+            "",
+        ]
     if report.horizon > 1:
         lines += ["## MAE per step ahead", "", _per_step_table(report), ""]
     for name, title in (("rolling", "rolling MAE"), ("forecasts", "forecasts vs truth")):
@@ -171,6 +196,37 @@ def _throughput_note(report: EvaluationReport) -> str:
         )
         note += f" lstmd {lstmd.events_per_s:,.0f} events/s against {rates} events/s."
     return note
+
+
+def _interval_table(report: EvaluationReport) -> str:
+    """Coverage and interval score per level of every model with intervals."""
+    with_intervals = [r for r in report.results if r.coverage]
+    levels = sorted({level for r in with_intervals for level in r.coverage})
+    header = "| model | " + " | ".join(
+        f"coverage {level:g} | interval score {level:g}" for level in levels
+    )
+    rows = [header + " |", "| --- |" + " ---: | ---: |" * len(levels)]
+    for r in with_intervals:
+        cells = [
+            f"{r.coverage.get(level, math.nan):.3f} | {r.interval_score.get(level, math.nan):.4g}"
+            for level in levels
+        ]
+        rows.append(f"| {cell(r.description)} | " + " | ".join(cells) + " |")
+    pairs = with_intervals[0].interval_pairs
+    rows += [
+        "",
+        f"On the {pairs:,} pairs where every model above has an interval (AutoETS has none "
+        "before its first fit). Interval score: width plus 2/(1 − level) times each miss's "
+        "distance, in target units; lower is better. Coverage on every pair a model has an "
+        "interval for: "
+        + "; ".join(
+            f"{r.name} "
+            + ", ".join(f"{level:g}: {r.coverage_all.get(level, math.nan):.3f}" for level in levels)
+            for r in with_intervals
+        )
+        + ".",
+    ]
+    return "\n".join(rows)
 
 
 def _per_step_table(report: EvaluationReport) -> str:

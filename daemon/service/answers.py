@@ -188,6 +188,11 @@ class Answers:
             "trained_events": learner.trained_events,
             "time": time.time(),
         }
+        scores = learner.interval_scores
+        if scores.levels:
+            # Since start, as prequential_mae; keyed by level ("0.8").
+            fields["interval_coverage"] = {f"{k:g}": v for k, v in scores.coverage().items()}
+            fields["interval_score"] = {f"{k:g}": v for k, v in scores.interval_score().items()}
         if learner.horizon > 1:
             # Errors grow with the step ahead: one figure over all steps would hide which.
             fields["prequential_mae_per_step"] = learner.prequential.step_maes()

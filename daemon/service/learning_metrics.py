@@ -54,3 +54,8 @@ class LearningRecorder:
         metrics.pending_events.set(learner.pending_events())
         metrics.prequential_mae.labels(model="lstmd").set(learner.rolling.model_mae)
         metrics.prequential_mae.labels(model="naive").set(learner.rolling.naive_mae)
+        scores = learner.interval_scores
+        coverage, interval_score = scores.rolling_coverage(), scores.rolling_interval_score()
+        for level in scores.levels:
+            metrics.interval_coverage.labels(level=f"{level:g}").set(coverage[level])
+            metrics.interval_score.labels(level=f"{level:g}").set(interval_score[level])

@@ -4,7 +4,7 @@ Metrics never open sockets; `daemon.edges.http` serves them. Every metric takes 
 is given, so tests build a fresh `CollectorRegistry()` and read values with
 `registry.get_sample_value(...)`. No label ever carries a stream key (cardinality stays bounded):
 the only labels are a rejection or reset reason (closed enums), a model name, an input partition
-number, and the constant build and model info.
+number, an interval level (from the settings), and the constant build and model info.
 """
 
 from __future__ import annotations
@@ -102,6 +102,20 @@ class DaemonMetrics:
         for model in MODEL_LABELS:
             # NaN until the first event is scored: no error yet is not an error of 0.
             self.prequential_mae.labels(model=model).set(float("nan"))
+        self.interval_coverage = Gauge(
+            "lstmd_interval_coverage",
+            "Share of the last scored target values inside their published interval, by "
+            "interval level (intervals.levels).",
+            ["level"],
+            registry=r,
+        )
+        self.interval_score = Gauge(
+            "lstmd_interval_score",
+            "Mean interval (Winkler) score of the last scored target values, by interval level, "
+            "in target units: width plus 2/(1 - level) times each miss's distance.",
+            ["level"],
+            registry=r,
+        )
 
         # ---- output: predictions and how long they took ------------------------------------
         self.predictions_published = Counter(

@@ -20,6 +20,7 @@ def _settings(horizon=3, batch_size=1, window=3, n_targets=1, **stream):
     stream.setdefault("max_batch_wait_ms", 0)
     stream.setdefault("seasons", ())  # no derived features: the inputs are the event's own
     stream.setdefault("derived_calendar", False)
+    stream.setdefault("derived_smoothing", False)
     return Settings(
         model=ModelSettings(
             n_features=2,

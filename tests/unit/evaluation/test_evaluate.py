@@ -153,3 +153,46 @@ def test_the_median_keys_mae_is_not_swayed_by_one_diverged_key():
     per_key = {"a": Errors(1.0, 1.0, 5), "b": Errors(3.0, 3.0, 5), "c": Errors(1e9, 1e9, 5)}
     result = ModelResult("snarimax", "snarimax", Errors(3e8, 5e8, 15), per_key, 1.0, 1.0)
     assert result.median_key_mae() == 3.0
+
+
+def test_a_csv_is_scored_against_every_anchor_with_mase_and_intervals(tmp_path):
+    pytest.importorskip("statsforecast")
+    pytest.importorskip("lightgbm")
+    path = tmp_path / "shops.csv"
+    lines = ["shop,date,sales,visitors"]
+    noise = np.random.default_rng(0).normal(0, 1, (150, 2))
+    for day in range(150):
+        date = np.datetime64("2024-01-01") + day
+        for i, (shop, level) in enumerate((("north", 100.0), ("south", 40.0))):
+            sales = level + 10 * np.sin(2 * np.pi * day / 7) + day * 0.1 + noise[day, i]
+            lines.append(f"{shop},{date},{sales:.3f},{day % 13}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = load_csv_dataset(path, "shop", "date", ("sales", "visitors"))
+    report = run_evaluation(
+        Settings(model=ModelSettings(batch_size=2, window=4)),
+        data,
+        out_dir=tmp_path / "out",
+        models=["lstmd", "seasonal_naive", "autoets", "autoets_calibrated", "lightgbm"],
+        plots=False,
+        out=io.StringIO(),
+        model_factory=_toy,
+    )
+    assert report.season == 7
+    names = [r.name for r in report.results]
+    assert names == ["lstmd", "seasonal_naive", "autoets", "autoets_calibrated", "lightgbm"]
+    own, calibrated = report.result("autoets"), report.result("autoets_calibrated")
+    assert own.overall == calibrated.overall  # one fit, two calibrations
+    assert own.coverage != calibrated.coverage
+    assert report.result("seasonal_naive").mase == pytest.approx(1.0)
+    # A weekly pattern with a trend and noise: AutoETS beats seasonal naive.
+    assert report.result("autoets").mase < 1
+    assert report.result("lightgbm").extra["refits"] > 0
+    for name in ("lstmd", "autoets", "autoets_calibrated", "lightgbm"):
+        result = report.result(name)
+        assert set(result.coverage) == {0.8, 0.95}
+        assert 0 < result.coverage[0.8] <= result.coverage[0.95] <= 1
+        assert result.interval_score[0.95] > 0
+    assert report.result("seasonal_naive").coverage == {}
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Prediction intervals" in markdown and "AutoETS(season_length=7" in markdown
+    assert "intervals: lstmd's online calibration" in markdown  # LightGBM's

@@ -85,8 +85,15 @@ def test_changing_event_t_plus_1_does_not_change_the_forecast_for_t(poll):
     other = _feed(_learner(_settings(batch_size=3))[0], changed, poll)
     for offset in range(t_next):  # every forecast published before t+1 arrived, t included
         np.testing.assert_array_equal(base[offset].prediction, other[offset].prediction)
+        np.testing.assert_array_equal(base[offset].intervals, other[offset].intervals)
     assert not np.array_equal(base[t_next].prediction, other[t_next].prediction)
     assert t < t_next
+    # The changed value reaches key a's interval trackers once a step scores it.
+    assert any(
+        not np.array_equal(base[o].intervals, other[o].intervals)
+        for o in range(t_next + 1, len(events))
+        if events[o].key == "a"
+    )
 
 
 @pytest.mark.parametrize("poll", [1, 4])
@@ -107,6 +114,7 @@ def test_with_a_horizon_no_forecast_depends_on_a_later_event(poll, horizon=3):
         other = _feed(_learner(settings)[0], changed, poll)
         for offset in range(t):
             np.testing.assert_array_equal(base[offset].prediction, other[offset].prediction)
+            np.testing.assert_array_equal(base[offset].intervals, other[offset].intervals)
         assert not np.array_equal(base[t].prediction, other[t].prediction)
 
 
@@ -141,7 +149,12 @@ def test_keys_100x_apart_get_predictions_100x_apart():
 def test_supervised_prediction_is_the_forward_pass_before_the_update():
     # Without derived features the model's inputs are the event's features, built by hand here.
     settings = _settings(
-        batch_size=1, window=2, learning_rate=0.5, seasons=(), derived_calendar=False
+        batch_size=1,
+        window=2,
+        learning_rate=0.5,
+        seasons=(),
+        derived_calendar=False,
+        derived_smoothing=False,
     )
     learner, model = _learner(settings)
     before = model.get_weights()

@@ -134,7 +134,7 @@ def test_names_follow_prometheus_conventions_and_labels_stay_bounded():
     ]
     assert len(families) >= 24
     info = {"version", "units", "layers", "batch_size", "window", "n_features"}
-    allowed_labels = {"reason", "model", "partition", "le"} | info
+    allowed_labels = {"reason", "model", "partition", "level", "le"} | info
     for family in families:
         assert re.fullmatch(r"lstmd_[a-z0-9_]+", family.name), family.name
         assert family.documentation, family.name

@@ -22,7 +22,9 @@ TOPIC = "in"
 def _learner(horizon: int) -> OnlineLearner:
     settings = Settings(
         model=ModelSettings(n_features=1, batch_size=1, window=2, horizon=horizon),
-        stream=StreamSettings(max_batch_wait_ms=0, seasons=(), derived_calendar=False),
+        stream=StreamSettings(
+            max_batch_wait_ms=0, seasons=(), derived_calendar=False, derived_smoothing=False
+        ),
     )
     model = ToyModel(1, 1, n_targets=horizon)
     return OnlineLearner(settings, model, clock=lambda: 0.0)
