@@ -102,7 +102,7 @@ def test_a_state_of_other_settings_is_skipped_and_the_partition_starts_empty(cap
     with caplog.at_level(logging.WARNING):
         source = _assign_partition_0(learner, checkpoint, _state_of_horizon_3(offset=9), metrics)
     (skipped,) = [r for r in caplog.records if r.getMessage() == "internal record skipped"]
-    assert skipped.reason == "shape" and "ev_y" in skipped.detail  # 3 horizon steps, not 1
+    assert skipped.reason == "shape" and "expected" in skipped.detail  # 3 horizon steps, not 1
     labels = {"topic": "state", "reason": "shape"}
     assert metrics.registry.get_sample_value("lstmd_internal_records_rejected_total", labels) == 1
     # Nothing of the other state, nor of the older local one: the group's committed offset
