@@ -128,7 +128,11 @@ def test_each_good_event_gets_exactly_one_prediction_with_the_design_fields(daem
             "target",
             "model_step",
             "source_topic",
+            "intervals",
         }
+        assert [i["level"] for i in p["intervals"]] == [0.8, 0.95]
+        for interval in p["intervals"]:
+            assert interval["lower"][0] <= p["prediction"][0] <= interval["upper"][0]
         assert p["mode"] in ("forecast", "supervised")
         assert len(p["prediction"]) == 1 and p["prediction"][0] is not None
         assert (p["target"] is not None) == (p["mode"] == "supervised")
