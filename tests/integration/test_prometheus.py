@@ -252,9 +252,12 @@ def test_every_dashboard_query_runs_on_prometheus(scraped_run):
         )
         if not prometheus.query(query):  # fails on any expression Prometheus rejects
             empty.append(expr)
-    # The run syncs no weights (one replica): that panel alone has no series to show.
-    assert [e for e in empty if "weight_sync" not in e] == [], f"{len(empty)} of {len(exprs)} empty"
-    assert len(empty) <= 1
+    # May be empty, and only these: weight sync (one replica syncs nothing), and the per-partition
+    # lag gauges, which are removed when the daemon's stop revokes its partitions (a stale
+    # marker), so whether they answer depends on when the last scrape fell.
+    may_be_empty = ("weight_sync", "consumer_lag", "state_topic_lag")
+    unexplained = [e for e in empty if not any(name in e for name in may_be_empty)]
+    assert unexplained == [], f"{len(empty)} of {len(exprs)} panel queries returned nothing"
 
 
 def test_alert_rules_load_and_evaluate_on_real_series(scraped_run):
