@@ -15,6 +15,12 @@ import numpy as np
 from daemon.core.pending import ANSWERED, HAS_Y, STARTS_SEQUENCE
 from daemon.core.store import KeyStateStore
 
+# Forecast rows laid at least when fewer are needed, then powers of two up to the inference batch:
+# the forecasts waiting before a train step often fill a few rows (one, with one key), and a row's
+# forecast is the same bits in any batch of at least 8 rows (a narrower one takes another matrix
+# kernel; `tests/unit/model/test_steps.py`).
+MIN_FORECAST_ROWS = 8
+
 # One row of a batch: a key (its store and row) and the event ids laid into it, in order.
 Member = tuple[KeyStateStore, int, list[int]]
 # The same row seen from its store: (row b of the batch, the key's row in the store, event ids).
@@ -30,6 +36,15 @@ class Batch:
     mask: np.ndarray  # bool [B, T]
     states: np.ndarray  # float32 [layers, 2, B, units], the rows' start states
     members: list[Member]  # row b of the batch is members[b]
+
+
+def padded_rows(needed: int, limit: int) -> int:
+    """Return the rows to lay for `needed` forecast rows: MIN_FORECAST_ROWS or a power of two
+    above, at most `limit`."""
+    rows = MIN_FORECAST_ROWS
+    while rows < needed:
+        rows *= 2
+    return min(rows, limit)
 
 
 def train_segment(store: KeyStateStore, row: int, window: int) -> list[int]:

@@ -6,7 +6,7 @@ events, through its new ones. Keys' events are cut into chunks of at most the in
 that never cross a sequence start; the k-th chunks of all keys share fixed-shape calls of the
 compiled inference step, so a poll costs one call per chunk depth and `infer_batch_size` keys.
 When a batch closes, the forecasts then waiting usually fit one such batch, and run inside the
-train step's own call (`take_one_batch`, `settle`) instead of a call of their own.
+train steps' call (`take_one_batch`, `settle`) instead of a call of their own.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from daemon.core.batching import (
     Batch,
     build_infer_batch,
     members_by_store,
+    padded_rows,
     scatter_states,
     split_chunks,
     unanswered_in,
@@ -111,12 +112,22 @@ class Forecaster:
                 return None
             chunks.append((store, row, parts[0], store.ahead[row]))
         self.waiting = {}
-        return self._lay(chunks)
+        # Only as many rows as the train steps' call will lay for them (see `padded_rows`).
+        rows = padded_rows(len(chunks), self._rows)
+        return build_infer_batch(chunks, rows, self._width, self._n_inputs, self._n_outputs)
 
-    def settle(self, batch: Batch, predictions: np.ndarray, states: np.ndarray) -> int:
-        """Answer the events of a batch from `take_one_batch`, given what the model returned."""
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Return an inference batch's (rows, timesteps)."""
+        return self._rows, self._width
+
+    def settle(self, batch: Batch, predictions: np.ndarray) -> int:
+        """Answer the events of a batch from `take_one_batch`, given the model's predictions.
+
+        The keys' states ahead are the caller's to write: the train steps' call returns them.
+        """
         self.in_step += 1
-        return self._answer(batch, predictions, states)
+        return self._publish_answers(batch, predictions)
 
     def answer_from_committed(self, stores: dict[int, KeyStateStore], refs: list[KeyRef]) -> int:
         """Answer keys' unanswered events by inference from their committed state."""
@@ -161,10 +172,14 @@ class Forecaster:
         return self._answer(batch, predictions, states)
 
     def _answer(self, batch: Batch, predictions: np.ndarray, states: np.ndarray) -> int:
+        for store, places in members_by_store(batch.members).items():
+            scatter_states(store.ahead, places, states)
+        return self._publish_answers(batch, predictions)
+
+    def _publish_answers(self, batch: Batch, predictions: np.ndarray) -> int:
         answered = 0
         # Once per store, not per key: the per-event work is a few numpy calls for them all.
         for store, places in members_by_store(batch.members).items():
-            scatter_states(store.ahead, places, states)
             key_rows, events, outputs = unanswered_in(store, places, predictions)
             if events:
                 self._publish(store, key_rows, events, outputs)

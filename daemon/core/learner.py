@@ -60,17 +60,20 @@ class _OfTrainer(Generic[T]):
     """A learner attribute that is its `Trainer`'s attribute of the same name.
 
     The train step's counters live in `Trainer`; the runner, metrics, checkpoints and snapshots
-    read (and restore) them as `learner.step`, `learner.untrained`, ... as before, and ingest
-    adds its untrained events and resets to the same counters.
+    read (and restore) them as `learner.step`, `learner.untrained`, ... as before. Reading one
+    first runs the steps queued so far, so a reader sees every closed batch trained. Ingest adds
+    its untrained events and resets to the trainer's counters directly, without that.
     """
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
 
     def __get__(self, learner: OnlineLearner, owner: type | None = None) -> T:
+        learner.run_queued_steps()
         return getattr(learner._trainer, self._name)
 
     def __set__(self, learner: OnlineLearner, value: T) -> None:
+        learner.run_queued_steps()
         setattr(learner._trainer, self._name, value)
 
 
@@ -129,13 +132,14 @@ class OnlineLearner:
 
     @property
     def stores(self) -> dict[int, KeyStateStore]:
-        """Every partition's store, with every accepted event's inputs normalised."""
-        self._deferred.settle()
+        """Every partition's store, with every accepted event's inputs normalised and every
+        closed batch trained."""
+        self.run_queued_steps()
         return self._stores
 
     def store(self, partition: int) -> KeyStateStore:
-        """Return a partition's store (created empty on first use), its inputs normalised."""
-        self._deferred.settle()
+        """Return a partition's store (created empty on first use), as `stores` does."""
+        self.run_queued_steps()
         return self._store_for(partition)
 
     def new_store(self, partition: int) -> KeyStateStore:
@@ -151,6 +155,16 @@ class OnlineLearner:
             intervals=self.new_intervals(),
             smoothing=self.new_smoothing(),
         )
+
+    def run_queued_steps(self) -> None:
+        """Run the closed batches' queued steps (see `Trainer.train`), inputs normalised first.
+
+        Raises:
+            TrainStepFailed: the model raised; it or the keys' states may be half updated.
+        """
+        self._deferred.settle()
+        if self._trainer.queued:
+            self._trainer.run_queued(self._stores)
 
     def _store_for(self, partition: int) -> KeyStateStore:
         store = self._stores.get(partition)
@@ -182,11 +196,13 @@ class OnlineLearner:
     @property
     def infer_calls(self) -> int:
         """Return how many batched inference calls of their own forecasts took."""
+        self.run_queued_steps()
         return self._forecaster.calls
 
     @property
     def infer_in_steps(self) -> int:
-        """Return how many inference batches ran inside a train step's call instead."""
+        """Return how many inference batches ran inside the train steps' calls instead."""
+        self.run_queued_steps()
         return self._forecaster.in_step
 
     def mean_rows_filled(self) -> float:
@@ -195,11 +211,11 @@ class OnlineLearner:
 
     def pending_events(self) -> int:
         """Return how many accepted events wait in all stores."""
-        return sum(s.events.live for s in self._stores.values())
+        return sum(s.events.live for s in self.stores.values())
 
     def key_state(self, key: str) -> np.ndarray | None:
         """Return a key's [layers, 2, units] LSTM state from whichever store holds it."""
-        for store in self._stores.values():
+        for store in self.stores.values():
             state = store.state_of(key)
             if state is not None:
                 return state
@@ -207,7 +223,7 @@ class OnlineLearner:
 
     def drop_partition(self, partition: int) -> None:
         """Forget a partition's store (it was revoked); its state was saved before."""
-        self._deferred.settle()
+        self.run_queued_steps()
         if self._stores.pop(partition, None) is None:
             return
         self._keys.forget_partition(partition)
@@ -245,7 +261,7 @@ class OnlineLearner:
             float(store.last_ts[row]), event.ts, event.reset, self._stream.reset_after_idle_s
         )
         if reason is not None:
-            self.resets[reason] += 1
+            self._trainer.resets[reason] += 1
             self._end_sequence(store, ref)
         store.last_ts[row] = event.ts
         self._append(store, ref, event, offset, starts_sequence=reason is not None)
@@ -333,9 +349,12 @@ class OnlineLearner:
             if tail == NO_EVENT or events.flags[tail] & HAS_Y:
                 return
             if not events.flags[tail] & ANSWERED:
-                self.answer_forecasts()
+                if ref in self._forecaster.waiting:
+                    self.answer_forecasts()
+                else:  # its forecast is laid in a queued step's call, which answers it
+                    self.run_queued_steps()
             events.release(store.pop_last(row))
-            self.untrained += 1
+            self._trainer.untrained += 1
 
     def _drop_least_recent(self, partition: int, store: KeyStateStore) -> None:
         """Make room in a full store: drop its least recently active keys (1/256 at a time)."""
@@ -347,9 +366,9 @@ class OnlineLearner:
         for ref in refs:
             for e in store.remove(ref[1]):
                 store.events.release(e)
-                self.untrained += 1
+                self._trainer.untrained += 1
         self._keys.remove(refs)
-        self.resets[ResetReason.DROPPED] += len(refs)
+        self._trainer.resets[ResetReason.DROPPED] += len(refs)
         self._keys.reopen(self._stores)
 
     # ---- batches ------------------------------------------------------------------------
@@ -362,22 +381,28 @@ class OnlineLearner:
             self._train(candidates)
 
     def train(self) -> bool:
-        """Close the batch now: one step over the B keys that have waited longest.
+        """Close the batch now: one step over the B keys that have waited longest, run now.
 
         Returns:
             Whether a step ran (False when no key holds a trainable event).
         """
-        return self._train(list(self._keys.ready))
+        trained = self._train(list(self._keys.ready))
+        self.run_queued_steps()
+        return trained
 
     def _train(self, candidates: list[KeyRef]) -> bool:
+        """Close a batch over `candidates`; its step runs with the next call (`Trainer.train`)."""
         self._deferred.settle()  # the step, and the forecasts answered before it, read inputs
         return self._trainer.train(self._stores, candidates)
 
     # ---- predictions --------------------------------------------------------------------
 
     def answer_forecasts(self) -> int:
-        """Publish the forecasts of events not yet answered (see `Forecaster`); how many."""
-        self._deferred.settle()  # inference, and the train step that may follow, read the inputs
+        """Publish the forecasts of events not yet answered (see `Forecaster`); how many.
+
+        The queued steps run first: these forecasts come after them, and read their states.
+        """
+        self.run_queued_steps()  # inference reads the inputs too
         return self._forecaster.answer_waiting(self._stores)
 
     def flush_predictions(self, include_supervised: bool) -> int:
@@ -396,17 +421,21 @@ class OnlineLearner:
         self, store: KeyStateStore, rows: list[int], answered: list[int], normalised: np.ndarray
     ) -> None:
         """Queue the predictions of a store's answered events (see `Outbox.publish`)."""
-        self._outbox.publish(store, rows, answered, normalised, self.step)
+        # The trainer's step as the answers are settled, not `self.step`, which runs the queue.
+        self._outbox.publish(store, rows, answered, normalised, self._trainer.step)
 
     # ---- loop hooks ---------------------------------------------------------------------
 
     def end_of_poll(self) -> None:
-        """Publish waiting forecasts, and close batches that have waited long enough."""
+        """Publish waiting forecasts, close batches that have waited long enough, and run every
+        queued step: a poll's answers leave with it."""
         self.answer_forecasts()
         wait_ms = self._stream.max_batch_wait_ms
         while wait_ms and self._keys.opened_at is not None:
-            if (self._clock() - self._keys.opened_at) * 1000 < wait_ms or not self.train():
-                return
+            due = (self._clock() - self._keys.opened_at) * 1000 >= wait_ms
+            if not due or not self._train(list(self._keys.ready)):
+                break
+        self.run_queued_steps()
 
     def batch_due_in(self) -> float | None:
         """Return seconds until the wall-clock batch close (<= 0: due), or None if none is set."""
@@ -418,12 +447,13 @@ class OnlineLearner:
 
     def drain(self) -> None:
         """Train every trainable event and publish every waiting prediction."""
-        while self.train():
+        while self._train(list(self._keys.ready)):
             pass
         self.flush_predictions(include_supervised=True)
 
     def take_outbox(self) -> list[Prediction]:
-        """Return and clear the queued predictions."""
+        """Return and clear the queued predictions (the queued steps run first)."""
+        self.run_queued_steps()
         return self._outbox.take()
 
     def reset(self) -> None:
@@ -442,6 +472,7 @@ class OnlineLearner:
         self, stores: dict[int, KeyStateStore], ready: list[KeyRef], full: list[KeyRef]
     ) -> None:
         """Take restored stores and their keys' places in the wait lists."""
+        self.run_queued_steps()
         self._stores.update(stores)
         self._keys.adopt(ready, full)
         for partition, store in stores.items():

@@ -1,10 +1,12 @@
-"""The train step: one fixed-shape model call over up to B ready keys, and its bookkeeping. Pure.
+"""The train steps: fixed-shape model calls over up to B ready keys each, and their bookkeeping.
 
-`OnlineLearner` decides when a batch closes; `Trainer` runs the step it closed: it answers the
-forecasts waiting (inside the step's own call when they fit one inference batch), lays the
-candidate keys' trainable events into a batch, calls the model, writes the keys' states back,
-answers and scores the step's events, releases them and requeues the keys. It owns the counters
-of what training did (steps, losses, events trained or lost, resets), which the runner, metrics,
+Pure. `OnlineLearner` decides when a batch closes; `Trainer` lays the step it closed: it takes
+the forecasts waiting (to run inside the step's call when they fit one inference batch), lays
+the candidate keys' trainable events into a batch and takes them from the keys' queues. Closed
+batches then wait and run together, up to `MAX_STEPS_PER_CALL` in one call of the model
+(`step_call.py`): the keys' states are written back, each step's events answered, scored and
+released, in closing order, as if each step had run alone. It owns the counters of what
+training did (steps, losses, events trained or lost, resets), which the runner, metrics,
 checkpoints and snapshots read through the learner.
 
 The model is injected so this module never imports TensorFlow itself.
@@ -25,7 +27,6 @@ from daemon.core.batching import (
     Place,
     build_train_batch,
     members_by_store,
-    scatter_states,
     train_segment,
     unanswered_in,
 )
@@ -35,6 +36,7 @@ from daemon.core.outbox import Outbox
 from daemon.core.pending import COLD_SCALE, HAS_NAIVE
 from daemon.core.prequential import IntervalScores, Prequential, RollingPrequential
 from daemon.core.ready_keys import ReadyKeys
+from daemon.core.step_call import MAX_STEPS_PER_CALL, QueuedStep, lay_call, write_back
 from daemon.core.store import KeyStateStore, ResetReason
 from daemon.settings import Settings
 
@@ -45,20 +47,9 @@ class StepModel(InferModel, Protocol):
     @property
     def state_shape(self) -> tuple[int, int, int, int]: ...
 
-    def train_step(
-        self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, states: np.ndarray
-    ) -> tuple[float, np.ndarray, np.ndarray]: ...
-
-    def train_step_and_infer(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        mask: np.ndarray,
-        states: np.ndarray,
-        fx: np.ndarray,
-        fmask: np.ndarray,
-        fstates: np.ndarray,
-    ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+    def train_steps(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Run S steps in one call (see `daemon.model.steps.run_steps` for the arrays)."""
+        ...
 
 
 # The untrained events' offsets kept for the divergence log line.
@@ -114,40 +105,78 @@ class Trainer:
         self.rows_filled_total = 0
         self.step_seconds: list[float] = []  # drained by the runner into a histogram
         self.step_rows: list[int] = []  # likewise: keys filled per step
+        self._queue: list[QueuedStep] = []  # closed batches waiting for their call
 
     def train(self, stores: dict[int, KeyStateStore], candidates: list[KeyRef]) -> bool:
-        """Run one step over the first B candidates that hold trainable events.
+        """Close a batch over the first B candidates that hold trainable events; queue its step.
 
         A step consumes events and changes the weights: the forecasts waiting now are answered
-        first, with today's weights. When they fit one inference batch they run inside the
-        step's call (one dispatch instead of two); otherwise in calls of their own. The events'
-        inputs must be normalised already.
+        first, with the weights of the steps before it. When they fit one inference batch they
+        run inside the step's call; otherwise in calls of their own, after the steps queued so
+        far. The step's events leave their keys' queues now, so the batch-close rule sees them
+        consumed; the step runs in the next call (`run_queued`), together with up to
+        `MAX_STEPS_PER_CALL` - 1 others, and a periodic reset ends a call. The events' inputs
+        must be normalised already.
 
         Returns:
-            Whether a step ran (False when no candidate holds a trainable event).
+            Whether a step was queued (False when no candidate holds a trainable event).
 
         Raises:
-            TrainStepFailed: the model raised; it or the keys' states may be half updated.
+            TrainStepFailed: the model raised (running a full queue); it or the keys' states may
+                be half updated.
         """
-        forecasts = self._forecaster.take_one_batch(stores)
-        if forecasts is None:
-            self._forecaster.answer_waiting(stores)
         segments = self._segments(stores, candidates)
+        forecasts = self._forecaster.take_one_batch(stores) if segments else None
+        if forecasts is None and self._forecaster.waiting:
+            self.run_queued(stores)
+            self._forecaster.answer_waiting(stores)
         if not segments:
-            if forecasts is not None:
-                self._forecaster.run(forecasts)
             return False
         batch = build_train_batch(
             segments, self._batch_size, self._window, self._n_inputs, self._target_width
         )
+        self._queue.append(QueuedStep(batch, forecasts))
+        for store, row, segment in segments:
+            before = int(store.trainable[row])
+            store.take(row, len(segment))  # released once the step ran
+            self._keys.requeue((store.partition, row), before, int(store.trainable[row]))
+        self._keys.reopen(stores)
+        every = self._reset_every
+        steps = self.step + len(self._queue)
+        if len(self._queue) >= MAX_STEPS_PER_CALL or (every and steps % every == 0):
+            self.run_queued(stores)
+        return True
+
+    @property
+    def queued(self) -> int:
+        """Return how many closed batches wait for their call."""
+        return len(self._queue)
+
+    def run_queued(self, stores: dict[int, KeyStateStore]) -> None:
+        """Run the queued steps in one call; answer, score and count each, in closing order.
+
+        Raises:
+            TrainStepFailed: the model raised; it or the keys' states may be half updated.
+        """
+        if not self._queue:
+            return
+        queued, self._queue = self._queue, []
+        call = lay_call(queued, *self._forecaster.shape)
+        started = time.perf_counter()
         try:
-            self._step(batch, forecasts)
+            losses, predictions, states, forecasts, ahead = self._model.train_steps(*call.inputs)
         except Exception as exc:
             raise TrainStepFailed(f"train step failed: {type(exc).__name__}: {exc}") from exc
-        self.step += 1
-        self._periodic_reset(stores)
-        self._keys.reopen(stores)
-        return True
+        seconds = (time.perf_counter() - started) / len(queued)
+        write_back(call.keys, states, "states")
+        write_back(call.ahead_keys, ahead, "ahead")
+        for i, q in enumerate(queued):
+            if q.forecasts is not None:
+                self._forecaster.settle(q.forecasts, forecasts[i])
+            self.step_seconds.append(seconds)
+            self._settle(q.batch, float(losses[i]), predictions[i])
+            self.step += 1
+            self._periodic_reset(stores)
 
     def _segments(self, stores: dict[int, KeyStateStore], candidates: list[KeyRef]) -> list[Member]:
         """Return up to B candidates' (store, row, events to train), in the candidates' order."""
@@ -161,38 +190,21 @@ class Trainer:
                     break
         return segments
 
-    def _step(self, batch: Batch, forecasts: Batch | None) -> None:
-        """Run one compiled step on a batch; write its states back and settle its events.
-
-        `forecasts`, when given, runs in the same call before the update and is answered first.
-        """
-        loss, predictions, states = self._run_step(batch, forecasts)
+    def _settle(self, batch: Batch, loss: float, predictions: np.ndarray) -> None:
+        """Answer, score and release a step's events, now that it ran (its states are written)."""
         finite = self._record_loss(loss, batch)
         for store, places in members_by_store(batch.members).items():
-            if finite:
-                scatter_states(store.states, places, states)
             self._answer_and_score(store, places, predictions, finite)
-            for _, row, segment in places:
-                self._consume(store, row, segment, finite)
+            for _, _, segment in places:
+                for e in segment:
+                    store.events.release(e)
+                if finite:
+                    self.trained_events += len(segment)
+                else:
+                    self.untrained += len(segment)
         self.rows_filled = len(batch.members)
         self.step_rows.append(self.rows_filled)
         self.rows_filled_total += self.rows_filled
-
-    def _run_step(
-        self, batch: Batch, forecasts: Batch | None
-    ) -> tuple[float, np.ndarray, np.ndarray]:
-        started = time.perf_counter()
-        if forecasts is None:
-            out = self._model.train_step(batch.x, batch.y, batch.mask, batch.states)
-            self.step_seconds.append(time.perf_counter() - started)
-            return out
-        f = forecasts
-        loss, predictions, states, answers, ahead = self._model.train_step_and_infer(
-            batch.x, batch.y, batch.mask, batch.states, f.x, f.mask, f.states
-        )
-        self.step_seconds.append(time.perf_counter() - started)
-        self._forecaster.settle(f, answers, ahead)
-        return loss, predictions, states
 
     def _record_loss(self, loss: float, batch: Batch) -> bool:
         """Count a step's loss; return whether it was finite (the states are usable)."""
@@ -255,17 +267,6 @@ class Trainer:
         cold = (events.flags[scored] & COLD_SCALE) != 0
         self.interval_scores.add(published, target)
         calibrator.update(rows, target - prediction, events.spread[scored], cold, published, target)
-
-    def _consume(self, store: KeyStateStore, row: int, segment: list[int], ok: bool) -> None:
-        """Release a key's events that a train step consumed and requeue the key."""
-        before = int(store.trainable[row])
-        for e in store.take(row, len(segment)):
-            store.events.release(e)
-        if ok:
-            self.trained_events += len(segment)
-        else:
-            self.untrained += len(segment)
-        self._keys.requeue((store.partition, row), before, int(store.trainable[row]))
 
     def _periodic_reset(self, stores: dict[int, KeyStateStore]) -> None:
         """Zero every key's state each `stream.reset_every_steps` steps (0: never)."""

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from daemon.core.derived import input_names
+from daemon.model.steps import run_steps, steps_signature
 from daemon.settings import ModelSettings, Settings
 
 H, C = 0, 1  # Index of h and c on axis 1 of the states array.
@@ -128,6 +129,7 @@ class _CompiledStep:
 
     def __init__(self, fn: tf.types.experimental.ConcreteFunction) -> None:
         self._fn = fn
+        # A None dimension (the step count and keys of `train_steps`) takes any length.
         self._specs = [
             (spec.name, spec.dtype.as_numpy_dtype, tuple(spec.shape))
             for spec in fn.structured_input_signature[0]
@@ -139,8 +141,9 @@ class _CompiledStep:
         self._call_flat = getattr(fn, "_call_flat", None)
 
     def zeros(self) -> list[np.ndarray]:
-        """Return one array of zeros per input of the signature (all timesteps masked)."""
-        return [np.zeros(shape, dtype) for _, dtype, shape in self._specs]
+        """Return one array of zeros per input of the signature (all timesteps masked); an open
+        dimension has length 1."""
+        return [np.zeros([n or 1 for n in shape], dtype) for _, dtype, shape in self._specs]
 
     def __call__(self, *arrays: np.ndarray) -> tuple[tf.Tensor, ...]:
         """Run the step on `arrays` converted to the signature's dtypes.
@@ -152,7 +155,9 @@ class _CompiledStep:
         tensors = []
         for array, (name, dtype, shape) in zip(arrays, self._specs, strict=True):
             value = np.asarray(array, dtype)
-            if value.shape != shape:
+            if len(value.shape) != len(shape) or any(
+                n is not None and n != m for n, m in zip(shape, value.shape, strict=True)
+            ):
                 raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
             tensors.append(tf.constant(value))
         if self._call_flat is None:
@@ -169,6 +174,7 @@ class StatefulLSTM:
         train_traces: how many times the train step was traced (should stay 1).
         infer_traces: how many times the inference step was traced (should stay 1).
         fused_traces: how many times the train-and-infer step was traced (should stay 1).
+        steps_traces: how many times the several-steps call was traced (should stay 1).
     """
 
     def __init__(self, settings: ModelSettings, n_inputs: int | None = None) -> None:
@@ -187,6 +193,7 @@ class StatefulLSTM:
         self.train_traces = 0
         self.infer_traces = 0
         self.fused_traces = 0
+        self.steps_traces = 0
         self.keras_model = build_keras_model(settings, self.n_inputs)
         self.optimizer = keras.optimizers.Adam(
             learning_rate=settings.learning_rate, clipnorm=settings.clipnorm
@@ -201,6 +208,17 @@ class StatefulLSTM:
         self._train = self._compile(self._train_body, train_spec)
         self._infer = self._compile(self._infer_body, infer_spec)
         self._train_and_infer = self._compile(self._train_and_infer_body, train_spec + infer_spec)
+        self._steps = self._compile(
+            self._steps_body,
+            steps_signature(
+                b,
+                t,
+                self.n_inputs,
+                settings.n_targets * settings.horizon,
+                settings.layers,
+                settings.units,
+            ),
+        )
 
     def _spec(
         self, rows: int, steps: int, with_targets: bool = False, prefix: str = ""
@@ -286,6 +304,23 @@ class StatefulLSTM:
         loss, preds, new = self._train_graph(x, y, mask, states)
         return loss, preds, new, forecast, forecast_states
 
+    def _steps_body(self, *inputs):
+        self.steps_traces += 1  # Python side effect: runs only while tracing.
+        return run_steps(self, *inputs)
+
+    def train_steps(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Run S steps in one call, in order, each an inference then a train step.
+
+        The arguments and results are `daemon.model.steps.run_steps`'s, as numpy arrays: each
+        step's forecasts and train step give what `train_step_and_infer` (or `train_step`, where
+        no forecast waits) would give called once per step, with the keys' states carried from
+        step to step through the call's state tables.
+
+        Raises:
+            ValueError: an argument's shape differs from the settings'.
+        """
+        return tuple(out.numpy() for out in self._steps(*inputs))
+
     def train_step(self, x, y, mask, states) -> tuple[float, np.ndarray, np.ndarray]:
         """Run one test-then-train step from `states`.
 
@@ -354,7 +389,7 @@ class StatefulLSTM:
         """
         weights, optimizer = self.get_weights(), self.optimizer_state()
         try:
-            for step in (self._train_and_infer, self._train, self._infer):
+            for step in (self._steps, self._train_and_infer, self._train, self._infer):
                 step(*step.zeros())
         finally:
             self.set_weights(weights)

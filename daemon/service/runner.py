@@ -120,7 +120,13 @@ class Runner:
         log.info("loop started", extra={"input_topic": self._kafka.input_topic})
         try:
             while not self._stop.is_set():
-                self._poll_once()
+                try:
+                    self._poll_once()
+                except TrainStepFailed as exc:
+                    # A poll's closed batches run together, at the latest when it ends: a step
+                    # may fail outside any one event too. Weights, optimizer and many keys'
+                    # states may be half-updated.
+                    raise StateUntrusted(str(exc)) from exc
                 if on_poll is not None:
                     on_poll(self)
                 if until is not None and until(self):

@@ -52,7 +52,7 @@ def test_a_train_step_that_fails_mid_stream_leaves_commits_state_topic_and_snaps
     daemon = build_daemon(settings, options)
     at_failure: dict[str, Any] = {}
     checkpoint = daemon.runner.checkpoint
-    real_step = daemon.model.train_step
+    real_step = daemon.model.train_steps  # several queued steps run in one call
 
     def failing_step(*args: Any) -> Any:
         if daemon.learner.step < 30:
@@ -63,7 +63,7 @@ def test_a_train_step_that_fails_mid_stream_leaves_commits_state_topic_and_snaps
         at_failure["snapshots"] = sorted(p.name for p in tmp_path.iterdir())
         raise FloatingPointError("injected: the step blew up half-way")
 
-    daemon.model.train_step = failing_step
+    daemon.model.train_steps = failing_step
     try:
         with pytest.raises(StateUntrusted):
             daemon.runner.run(until=lambda runner: runner.consumed >= len(events))

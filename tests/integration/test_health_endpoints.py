@@ -43,14 +43,14 @@ def test_health_flips_while_a_train_step_blocks_and_readiness_waits_for_assignme
 
         release = threading.Event()
         entered = threading.Event()
-        train_step = daemon.model.train_step
+        train_steps = daemon.model.train_steps
 
         def blocking_step(*args):
             entered.set()
             release.wait(30)
-            return train_step(*args)
+            return train_steps(*args)
 
-        daemon.model.train_step = blocking_step
+        daemon.model.train_steps = blocking_step
         loop = threading.Thread(target=daemon.runner.run, daemon=True)
         loop.start()
         wait_status(port, "/readyz", 200)

@@ -67,3 +67,40 @@ class ToyModel:
     def infer(self, x, mask, states):
         self.infer_calls += 1
         return self._run(x, mask, states)
+
+    def train_steps(
+        self, x, y, mask, starts, slots, states, forecast, fx, fmask, fstarts, fslots, ahead
+    ):
+        """`StatefulLSTM.train_steps`: S steps in order, through this model's one-step calls."""
+        states, ahead = states.copy(), ahead.copy()
+        losses, predictions, forecasts = [], [], []
+        for i in range(len(x)):
+            start = _rows(states, slots[i], starts[i])
+            if forecast[i]:
+                fstart = _rows(ahead, fslots[i], fstarts[i])
+                loss, preds, new, out, fnew = self.train_step_and_infer(
+                    x[i], y[i], mask[i], start, fx[i], fmask[i], fstart
+                )
+                ahead[fslots[i]] = fnew.transpose(2, 0, 1, 3)
+            else:
+                loss, preds, new = self.train_step(x[i], y[i], mask[i], start)
+                out = np.zeros((*fx.shape[1:3], preds.shape[-1]), np.float32)
+            if np.isfinite(loss):
+                states[slots[i]] = new.transpose(2, 0, 1, 3)
+            losses.append(loss)
+            predictions.append(preds)
+            forecasts.append(out)
+        return (
+            np.array(losses, np.float32),
+            np.stack(predictions),
+            states,
+            np.stack(forecasts),
+            ahead,
+        )
+
+
+def _rows(table, slots, starts):
+    """The table's rows at `slots` as [layers, 2, rows, units], zeros where `starts`."""
+    rows = table[slots].transpose(1, 2, 0, 3).copy()
+    rows[:, :, starts] = 0.0
+    return rows

@@ -159,20 +159,23 @@ def test_supervised_prediction_is_the_forward_pass_before_the_update():
     learner, model = _learner(settings)
     before = model.get_weights()
     calls = []
-    train_step = model.train_step
+    train_steps = model.train_steps
 
-    def spy(x, y, mask, states):
-        calls.append((x.copy(), mask.copy(), states.copy()))
-        return train_step(x, y, mask, states)
+    def spy(*inputs):
+        calls.append(tuple(np.copy(a) for a in inputs))
+        return train_steps(*inputs)
 
-    model.train_step = spy
+    model.train_steps = spy
     learner.ingest(_event("a", 0, 1.0, target=2.0), 0, 0)
     learner.ingest(_event("a", 1, 2.0, target=3.0), 0, 1)  # the window is full: one step
     published = learner.take_outbox()
     assert learner.step == 1 and [p.offset for p in published] == [0, 1]
     assert not np.allclose(model.get_weights()[0], before[0])  # the step did learn
 
-    x, mask, states = calls[0]
+    x, _, mask, starts, slots, table, *_ = calls[0]  # the first (and only) step of the call
+    x, mask = x[0], mask[0]
+    states = table[slots[0]].transpose(1, 2, 0, 3)
+    states[:, :, starts[0]] = 0.0
     frozen = build_model(settings)
     frozen.set_weights(before)
     wide_x = np.zeros((1, 3, 2), np.float32)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import numpy as np
 from fakes import TOPIC, FakeStateTopic
@@ -55,7 +54,7 @@ def test_consecutive_nonfinite_steps_roll_back_to_the_last_good_snapshot(tmp_pat
     assert h.runner.checkpoint.save("steps")
     good = h.store.list()[-1]
     weights = h.model.get_weights()  # what `good` holds
-    train_step = h.model.train_step
+    train_steps = h.model.train_steps
     rolled_back_to: list = []
     rollback = h.checkpointer.rollback
 
@@ -66,11 +65,12 @@ def test_consecutive_nonfinite_steps_roll_back_to_the_last_good_snapshot(tmp_pat
 
     h.checkpointer.rollback = spy
 
-    def diverged(*args):
-        _, predictions, states = train_step(*args)
-        return math.nan, predictions, states * np.nan
+    def diverged(*inputs):
+        # Every step of the call reports a non-finite loss: the call keeps the keys' states.
+        losses, predictions, _, forecasts, ahead = train_steps(*inputs)
+        return losses * np.nan, predictions, inputs[5], forecasts, ahead
 
-    h.model.train_step = diverged
+    h.model.train_steps = diverged
     h.source.append(_values(8, start=8))
     with caplog.at_level(logging.INFO):
         h.turns(3)
@@ -81,7 +81,7 @@ def test_consecutive_nonfinite_steps_roll_back_to_the_last_good_snapshot(tmp_pat
     ]
     assert h.source.seeks[-1] == ((TOPIC, 0), good.offsets[0])
     assert not any(np.isnan(s.states).any() for s in h.learner.stores.values())
-    h.model.train_step = train_step
+    h.model.train_steps = train_steps
     h.turns(6)
     assert h.source.drained and h.learner.consecutive_nonfinite == 0
     assert all(np.isfinite(w).all() for w in h.model.get_weights())
@@ -120,10 +120,12 @@ def test_divergence_right_after_a_rollback_skips_the_batches_instead_of_looping(
     h = Harness(tmp_path, _values(8))
     h.turns(4)
 
-    def diverged(x, y, mask, states):
-        return math.nan, np.zeros((x.shape[0], x.shape[1], 1), np.float32), states
+    def diverged(x, y, mask, starts, slots, states, forecast, fx, fmask, fstarts, fslots, ahead):
+        nothing = np.zeros((*x.shape[:3], 1), np.float32)
+        forecasts = np.zeros((*fx.shape[:3], 1), np.float32)
+        return np.full(len(x), np.nan, np.float32), nothing, states, forecasts, ahead
 
-    h.model.train_step = diverged  # every step from now on is non-finite
+    h.model.train_steps = diverged  # every step from now on is non-finite
     h.source.append(_values(30, start=8))
     with caplog.at_level(logging.INFO):
         h.turns(60)

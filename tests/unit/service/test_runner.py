@@ -78,7 +78,7 @@ def test_a_failure_inside_a_train_step_exits_without_snapshot_or_commit(tmp_path
     def broken(*args):
         raise FloatingPointError("the step blew up half-way")
 
-    h.model.train_step = broken
+    h.model.train_steps = broken
     h.source.append(_values(4, start=8))
     with caplog.at_level(logging.INFO), pytest.raises(StateUntrusted):
         h.runner.run()
